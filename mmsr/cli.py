@@ -1,0 +1,128 @@
+"""``python -m mmsr {upscale,train,lab,bench}``: the command-line user paths.
+
+User errors (bad files, out-of-range settings, missing weights) exit with status 2 and one line on
+stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from .conditioning import MODALITIES
+from .guidance import CFG_MODES
+from .presets import PRESETS
+
+# subcommand -> module with ``add_arguments(parser)`` and ``main(args)``; imported only when used
+COMMANDS = {
+    "upscale": ("mmsr.cli", "super-resolve one image x4"),
+    "train": ("mmsr.training.cli", "train a preset's components (accelerate)"),
+    "lab": ("mmsr.lab.cli", "sweeps, ablations, hallucination measurements and reports"),
+    "bench": ("mmsr.bench", "per-stage latency and peak memory"),
+}
+
+
+class UserError(Exception):
+    """An error caused by the user's input: printed as one line, exit status 2."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="low-resolution image (any common format)")
+    p.add_argument("-o", "--output", required=True, help="where to write the 4x image (.png, .jpg, .webp)")
+    p.add_argument("--preset", default="lite", choices=list(PRESETS))
+    p.add_argument("--checkpoint", help="MMSR checkpoint dir or repo id (full preset; lite: overrides checkpoints/lite)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("--caption", default="", help="the caption (default: the captioner's, when one is available)")
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--no-caption", action="store_true", help="use the empty caption; do not run the captioner")
+    for name in MODALITIES:
+        p.add_argument(f"--no-{name}", action="store_true", help=f"switch {name} off (m_0)")
+        p.add_argument(f"--{name}-map", type=Path, help=f"use this image as the {name} map")
+    p.add_argument("--cfg-mode", default="m-cfg", choices=CFG_MODES)
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", default="", help="per-modality tau in [0.4, 10], e.g. depth=0.5,seg=1,edges=2")
+    p.add_argument("--refine", action="store_true", help="zero-modal refinement: maps from a first m_0-only pass")
+    p.add_argument("--no-flat-guard", action="store_true", help="keep maps even when the input looks flat")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--json", action="store_true", help="print settings, modality sources and per-stage timings")
+
+
+def main(args: argparse.Namespace) -> None:
+    from .engine import Engine
+    from .imageio import ImageError, load_image, save_atomic
+    from .presets import PresetUnavailable
+    from .settings import UpscaleSettings, parse_temperatures
+
+    out = Path(args.output)
+    try:
+        if out.resolve() == Path(args.input).resolve():
+            raise UserError("the output path is the input: refusing to overwrite an input")
+        if out.exists() and not args.overwrite:
+            raise UserError(f"{out} exists; pass --overwrite to replace it")
+        lr, notes = load_image(args.input)
+        user_maps = {k: load_image(getattr(args, f"{k}_map"))[0] for k in MODALITIES if getattr(args, f"{k}_map")}
+        settings = UpscaleSettings(
+            caption=args.caption,
+            negative_prompt=args.negative_prompt,
+            cfg_mode=args.cfg_mode,
+            guidance=args.guidance,
+            steps=args.steps,
+            seed=args.seed,
+            modalities={k: not getattr(args, f"no_{k}") for k in MODALITIES},
+            temperatures={**dict.fromkeys(MODALITIES, 1.0), **parse_temperatures(args.temperature)},
+            auto_caption=not args.no_caption,
+            refine=args.refine,
+            flat_guard=not args.no_flat_guard,
+        ).validated()
+        engine = Engine.load(args.preset, checkpoint=args.checkpoint, device=args.device)
+        result = engine.upscale(lr, settings, user_maps=user_maps)
+        save_atomic(result.image, out, overwrite=args.overwrite)
+    except (ImageError, ValueError, PresetUnavailable, FileExistsError) as e:
+        raise UserError(str(e)) from e
+    for note in notes + result.warnings:
+        print(f"note: {note}", file=sys.stderr)
+    if args.json:
+        report = {
+            "input": str(args.input),
+            "output": str(out),
+            "preset": args.preset,
+            "size": {"lr": list(lr.size), "sr": list(result.image.size)},
+            "caption": result.caption,
+            "settings": result.settings.to_dict(),
+            "modalities": result.sources(),
+            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+            "warnings": notes + result.warnings,
+        }
+        print(json.dumps(report, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mmsr", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError:
+            continue
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(sp)
+        sp.set_defaults(func=mod.main)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

