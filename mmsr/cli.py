@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .conditioning import MODALITIES
+from .constants import MODALITIES
 from .guidance import CFG_MODES
 from .presets import PRESETS
 
@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="low-resolution image (any common format)")
     p.add_argument("-o", "--output", required=True, help="where to write the 4x image (.png, .jpg, .webp)")
     p.add_argument("--preset", default="lite", choices=list(PRESETS))
-    p.add_argument("--checkpoint", help="MMSR checkpoint dir or repo id (full preset; lite: overrides checkpoints/lite)")
+    p.add_argument(
+        "--checkpoint", help="MMSR checkpoint dir or repo id (full preset; lite: overrides checkpoints/lite)"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--caption", default="", help="the caption (default: the captioner's, when one is available)")
     p.add_argument("--negative-prompt", default="")

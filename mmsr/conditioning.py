@@ -19,7 +19,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-MODALITIES = ("depth", "seg", "edges")
+from .constants import MODALITIES
+
 TEXT_GROUP = len(MODALITIES)
 
 

@@ -14,7 +14,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import nn
 
-TAU_RANGE = (0.4, 10.0)
+from .constants import TAU_RANGE
 
 
 def check_temperatures(temperatures: torch.Tensor) -> torch.Tensor:
@@ -87,7 +87,9 @@ class MMLConnector(ModelMixin, ConfigMixin):
         self.cross_attn = Attention(dim=dim, heads=heads, dim_head=dim_head, norm_context=True)
         self.cross_ff = feed_forward(dim, ff_mult)
         self.blocks = nn.ModuleList(
-            nn.ModuleList([Attention(dim=dim, heads=heads, dim_head=dim_head, norm_context=False), feed_forward(dim, ff_mult)])
+            nn.ModuleList(
+                [Attention(dim=dim, heads=heads, dim_head=dim_head, norm_context=False), feed_forward(dim, ff_mult)]
+            )
             for _ in range(depth)
         )
         self.norm_out = nn.LayerNorm(dim)

@@ -67,7 +67,9 @@ class Engine:
         self.pipeline = pipeline
         self.preset = get_preset(preset)
         device = pipeline.device
-        self.extractors = extractors if extractors is not None else {k: cls(device=device) for k, cls in EXTRACTORS.items()}
+        self.extractors = (
+            extractors if extractors is not None else {k: cls(device=device) for k, cls in EXTRACTORS.items()}
+        )
         self.extractor_cache = ExtractorCache(max_entries=cache_entries)
         self._tokens: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._cache_entries = cache_entries
@@ -83,8 +85,12 @@ class Engine:
 
     def caption(self, image: Image.Image) -> ModalityResult:
         return extract_all(
-            image, extractors={"caption": self.extractors["caption"]}, enabled={"caption": True},
-            user_maps={}, cache=self.extractor_cache, flat_guard=False,
+            image,
+            extractors={"caption": self.extractors["caption"]},
+            enabled={"caption": True},
+            user_maps={},
+            cache=self.extractor_cache,
+            flat_guard=False,
         )["caption"]
 
     def extract(
@@ -98,8 +104,13 @@ class Engine:
         """Spatial maps for ``image`` (cached); disabled or failed modalities come back absent."""
         spatial = {k: self.extractors[k] for k in MODALITIES}
         return extract_all(
-            image, extractors=spatial, enabled={k: enabled.get(k, True) for k in MODALITIES},
-            user_maps=user_maps or {}, cache=self.extractor_cache, flat_guard=flat_guard, upscaled=upscaled,
+            image,
+            extractors=spatial,
+            enabled={k: enabled.get(k, True) for k in MODALITIES},
+            user_maps=user_maps or {},
+            cache=self.extractor_cache,
+            flat_guard=flat_guard,
+            upscaled=upscaled,
         )
 
     def tokens(self, results: dict[str, ModalityResult]) -> list[torch.Tensor | None]:

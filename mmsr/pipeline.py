@@ -14,12 +14,13 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .conditioning import MODALITIES, TEXT_GROUP, ConditionEmbedding
 from .connector import MMLConnector, check_temperatures
+from .constants import SCALE
 from .guidance import combine, negative_branch
+from .tiling import default_overlap, resolve_tile, tiled_apply, vae_tiling
 from .timing import StageTimer
 from .tokenizer import ModalityTokenizer
 
 logger = logging.getLogger(__name__)
-SCALE = 4
 
 
 @dataclass
@@ -64,14 +65,18 @@ class MMSRPipeline(DiffusionPipeline):
             text_encoder=text_encoder,
             tokenizer=tokenizer,
         )
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = getattr(vae, "downsample_factor", None) or 2 ** (len(vae.config.block_out_channels) - 1)
         self.modality_tokenizer = ModalityTokenizer(vqmodel, condition_embedding.config.dim)
+
+    @property
+    def unet_factor(self) -> int:
+        """The UNet's total downsampling: latent sides (and latent tiles) are multiples of this."""
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
 
     @property
     def lr_multiple(self) -> int:
         """LR sides are padded to a multiple of this so the 4x latent fits every UNet level."""
-        unet_factor = 2 ** (len(self.unet.config.block_out_channels) - 1)
-        return max(1, self.vae_scale_factor * unet_factor // SCALE)
+        return max(1, self.vae_scale_factor * self.unet_factor // SCALE)
 
     @property
     def text_max_length(self) -> int:
@@ -84,7 +89,7 @@ class MMSRPipeline(DiffusionPipeline):
         """Text hidden states ``(B, L, D)``; captions longer than the encoder window are truncated with a warning."""
         warnings = []
         full = self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
-        for prompt, ids in zip(prompts, full):
+        for ids in full:
             if len(ids) > self.text_max_length:
                 kept = self.tokenizer.decode(ids[1 : self.text_max_length - 1])
                 warnings.append(
@@ -160,6 +165,15 @@ class MMSRPipeline(DiffusionPipeline):
 
     # -- sampling ---------------------------------------------------------------------------------
 
+    def predict_noise(self, x: torch.Tensor, t, cond: torch.Tensor, tile: int | None) -> torch.Tensor:
+        """UNet eps for ``x`` ``(B, 2C, H, W)``; with ``tile``, over overlapping latent tiles, blended."""
+
+        def unet(crop: torch.Tensor) -> torch.Tensor:
+            return self.unet(crop, t, encoder_hidden_states=cond).sample
+
+        overlap = default_overlap(tile, self.unet_factor) if tile else 0
+        return tiled_apply(unet, x, tile, overlap, self.unet_factor)
+
     def check_inputs(self, lr: torch.Tensor, guidance_scale: float, num_inference_steps: int) -> None:
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise ValueError(f"LR image must be a (B, 3, h, w) tensor, got shape {tuple(lr.shape)}")
@@ -193,6 +207,7 @@ class MMSRPipeline(DiffusionPipeline):
         temperatures: dict[str, float] | None = None,
         generator: torch.Generator | None = None,
         callback: Callable[[int, int], None] | None = None,
+        latent_tile: int | None = None,
     ) -> MMSRPipelineOutput:
         """Args:
         lr: ``(B, 3, h, w)`` in [0, 1]. Output is ``(B, 3, 4h, 4w)``.
@@ -203,6 +218,9 @@ class MMSRPipeline(DiffusionPipeline):
         guidance_scale: ``w`` of eq. (4); 0 runs the positive branch only.
         temperatures: tau per modality in [0.4, 10] (eq. 5).
         callback: ``callback(step, total)`` after every denoising step (raise to cancel).
+        latent_tile: denoise in overlapping latent tiles of this side (blended, seam-free); ``None`` =
+            only when the latent exceeds ``tiling.AUTO_TILE_ABOVE``, ``0`` = never. Outputs above
+            ``tiling.VAE_TILE_ABOVE`` pixels also go through the VAE in tiles.
         """
         # 1. Check inputs
         self.check_inputs(lr, guidance_scale, num_inference_steps)
@@ -227,21 +245,24 @@ class MMSRPipeline(DiffusionPipeline):
                 uncond = self.encode_condition(text[b:], modality_tokens, taus, **negative)
                 cond = torch.cat([uncond, cond])
 
-        # 3. LR latent and initial noise
+        # 3. LR latent and initial noise (the VAE works in tiles for large outputs)
         lr_padded, out_size = self.pad_lr(lr.to(device, torch.float32))
-        with timer("vae_encode"):
+        output_side = SCALE * max(lr_padded.shape[-2:])
+        latent_hw = [SCALE * s // self.vae_scale_factor for s in lr_padded.shape[-2:]]
+        tile = resolve_tile(*latent_hw, latent_tile, self.unet_factor)
+        with timer("vae_encode"), vae_tiling(self.vae, output_side):
             lr_latent = self.encode_lr(lr_padded).to(self.unet.dtype)
         latents = self.prepare_latents(lr_latent, generator)
         lr_latent_in = torch.cat([lr_latent] * 2) if do_cfg else lr_latent
 
-        # 4. Denoise (positive and negative branches in one batched UNet call)
+        # 4. Denoise (positive and negative branches in one batched UNet call; large latents in tiles)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         with timer("unet"):
             for i, t in enumerate(self.progress_bar(timesteps)):
                 x = torch.cat([latents] * 2) if do_cfg else latents
                 x = torch.cat([self.scheduler.scale_model_input(x, t), lr_latent_in], dim=1)
-                eps = self.unet(x, t, encoder_hidden_states=cond).sample
+                eps = self.predict_noise(x, t, cond, tile)
                 if do_cfg:
                     eps_neg, eps_pos = eps.chunk(2)
                     eps = combine(eps_pos, eps_neg, guidance_scale)
@@ -251,7 +272,7 @@ class MMSRPipeline(DiffusionPipeline):
         timer.seconds["unet_step"] = timer.seconds["unet"] / max(1, len(timesteps))
 
         # 5. Decode and crop the padding away
-        with timer("vae_decode"):
+        with timer("vae_decode"), vae_tiling(self.vae, output_side):
             images = self.decode(latents)[..., : out_size[0], : out_size[1]]
         self.maybe_free_model_hooks()
         return MMSRPipelineOutput(images=images, timings=timer.seconds, warnings=warnings)

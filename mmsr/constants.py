@@ -1,0 +1,5 @@
+"""Facts of the method shared by light modules (no torch or diffusers import)."""
+
+MODALITIES = ("depth", "seg", "edges")  # order of the segments in the condition sequence
+TAU_RANGE = (0.4, 10.0)  # per-modality attention temperature, eq. (5)
+SCALE = 4  # MMSR super-resolves x4

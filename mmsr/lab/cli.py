@@ -1,0 +1,198 @@
+"""``python -m mmsr lab {run,report}``: sweeps, ablations, hallucination measurements and reports.
+
+Example::
+
+    python -m mmsr lab run --data ../shared/data/eval/set5 --captions ../shared/data/captions.json \\
+        --out runs/set5 --methods mmsr,text-only,bicubic,realesrgan --preset lite \\
+        --guidance 1,4,7 --cfg-modes m-cfg,m0-cfg,cfg --subsets all,-depth,-seg,-edges,text-only \\
+        --temperature depth=0.5,1,2 --seeds 0,1,2
+    accelerate launch --num_processes 4 -m mmsr lab run ...   # the same, split over 4 GPUs
+    python -m mmsr lab report --results runs/set5
+
+Several CPU processes: accelerate's ``--cpu`` launcher starts one process unless MPI is set up;
+``accelerate launch --multi_gpu --num_processes 2 -m mmsr lab run ... --device cpu`` (torchrun,
+gloo) starts two.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..conditioning import MODALITIES
+from ..guidance import CFG_MODES
+from ..presets import PRESETS
+from .data import LR_MODES
+
+
+def _split(text: str) -> list[str]:
+    return [p.strip() for p in str(text).split(",") if p.strip()]
+
+
+def parse_list(text: str, kind=str, what: str = "value") -> list:
+    try:
+        return [kind(p) for p in _split(text)]
+    except ValueError:
+        raise ValueError(f"--{what} must be a comma-separated list, got {text!r}") from None
+
+
+def parse_temperature_sweeps(specs: list[str]) -> dict[str, list[float]]:
+    """``["depth=0.5,1,2", "edges=0.5,2"]`` (or ``"depth=0.5,1;seg=2"``, ``"all=..."``) -> taus per modality."""
+    out: dict[str, list[float]] = {}
+    for spec in specs:
+        for part in filter(None, (p.strip() for p in spec.split(";"))):
+            name, sep, values = part.partition("=")
+            name = name.strip()
+            if not sep or (name not in MODALITIES and name != "all"):
+                raise ValueError(
+                    f"--temperature {part!r} must look like depth=0.5,1,2 (modalities: {', '.join(MODALITIES)}, all)"
+                )
+            taus = parse_list(values, float, "temperature")
+            for m in MODALITIES if name == "all" else [name]:
+                out[m] = list(dict.fromkeys([*out.get(m, []), *taus]))
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="lab_command", required=True)
+    run = sub.add_parser("run", help="run (or resume) a sweep; one CSV row per output image")
+    run.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="folder of images (HR, or LR with --lr given)",
+    )
+    run.add_argument("--out", required=True, type=Path, help="results folder (rerun to resume)")
+    run.add_argument(
+        "--captions",
+        type=Path,
+        help="JSON {file name or relative path: caption} (default DATA/captions.json)",
+    )
+    run.add_argument(
+        "--auto-caption",
+        action="store_true",
+        help="caption images without one with the engine's captioner (default: empty caption)",
+    )
+    run.add_argument(
+        "--lr",
+        default="bicubic",
+        choices=LR_MODES,
+        help="how the LR input is made (default bicubic x4 of the HR)",
+    )
+    run.add_argument(
+        "--lr-seed",
+        type=int,
+        default=0,
+        help="seed of the degradation for --lr degraded",
+    )
+    run.add_argument(
+        "--crop",
+        type=int,
+        help="use a central CROP x CROP LR patch (HR: 4 x CROP), to keep runs small",
+    )
+    run.add_argument("--limit", type=int, help="only the first N images (sorted by path)")
+    run.add_argument(
+        "--methods",
+        default="all",
+        help="comma list: all, mmsr, text-only, lite-text-only and the baselines",
+    )
+    run.add_argument("--preset", default="lite", choices=list(PRESETS))
+    run.add_argument("--checkpoint", help="MMSR checkpoint (default: the preset's)")
+    run.add_argument(
+        "--device",
+        help="cpu, cuda ... (default: each process's own accelerator; leave unset under multi-GPU accelerate launch)",
+    )
+    run.add_argument("--steps", type=int, help="denoising steps of MMSR (default: the preset's)")
+    run.add_argument("--guidance", default="4", help="guidance weights w, e.g. 1,4,7")
+    run.add_argument("--cfg-modes", default="m-cfg", help=f"comma list of {', '.join(CFG_MODES)}")
+    run.add_argument(
+        "--subsets",
+        default="all",
+        help="modality subsets: all, -depth, -seg, -edges, -text, text-only, none (write --subsets=-depth,... when the list starts with -)",
+    )
+    run.add_argument(
+        "--temperature",
+        action="append",
+        default=[],
+        help="tau sweep of one modality, e.g. depth=0.5,1,2 (repeatable)",
+    )
+    run.add_argument(
+        "--seeds",
+        default="0",
+        help="seeds, e.g. 0,1,2 (seed variance needs two or more)",
+    )
+    run.add_argument(
+        "--caption-kinds",
+        default="true,swap",
+        help="captions: true, swap (another image's), empty",
+    )
+    run.add_argument(
+        "--metrics",
+        help="comma list of metrics (default: all of mmsr.metrics.METRICS that work here)",
+    )
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    report = sub.add_parser("report", help="merge the results and write report.md, report.html and plots/")
+    report.add_argument("--results", required=True, type=Path, help="a folder written by `lab run`")
+
+
+def config_from_args(args: argparse.Namespace):
+    from .run import RunConfig
+
+    return RunConfig(
+        data=args.data,
+        out=args.out,
+        methods=parse_list(args.methods, what="methods"),
+        lr=args.lr,
+        captions=args.captions,
+        auto_caption=args.auto_caption,
+        guidance=parse_list(args.guidance, float, "guidance"),
+        cfg_modes=parse_list(args.cfg_modes, what="cfg-modes"),
+        subsets=parse_list(args.subsets, what="subsets"),
+        temperatures=parse_temperature_sweeps(args.temperature),
+        seeds=parse_list(args.seeds, int, "seeds"),
+        caption_kinds=parse_list(args.caption_kinds, what="caption-kinds"),
+        preset=args.preset,
+        checkpoint=args.checkpoint,
+        steps=args.steps,
+        device=args.device,
+        metrics=parse_list(args.metrics, what="metrics") if args.metrics else None,
+        crop=args.crop,
+        lr_seed=args.lr_seed,
+        limit=args.limit,
+        report=not args.no_report,
+    ).validate()
+
+
+def main(args: argparse.Namespace) -> None:
+    from ..cli import UserError
+    from ..presets import PresetUnavailable
+
+    try:
+        if args.lab_command == "report":
+            from .report import build_report
+
+            path = build_report(args.results)
+            print(f"report: {path} (and {path.with_suffix('.html').name})")
+            return
+        from ..metrics import METRICS
+        from .methods import method_names
+        from .run import run_lab
+
+        config = config_from_args(args)
+        method_names(config.methods)
+        for name in config.metrics or []:
+            if name not in METRICS:
+                raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+        summary = run_lab(config)
+    except (ValueError, PresetUnavailable, FileExistsError) as e:
+        raise UserError(str(e)) from e
+    if not summary.main_process:
+        return
+    for name, reason in summary.unavailable.items():
+        print(f"note: {name} skipped: {reason}")
+    for note in summary.notes:
+        print(f"note: {note}")
+    print(
+        f"{summary.planned} rows planned, {summary.skipped} already done, {summary.ran} run here"
+        f" ({summary.errors} failed); results in {Path(args.out) / 'results.csv'}"
+    )

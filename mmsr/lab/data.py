@@ -1,0 +1,136 @@
+"""The lab's inputs: images found in a folder, their captions, and the LR each method receives.
+
+LR modes: ``bicubic`` (antialiased bicubic x4 of the HR), ``degraded`` (the training degradation,
+seeded per image so every process and every rerun makes the same LR) and ``given`` (the file is
+the LR; there is no ground truth).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from ..imageio import load_image, pil_to_tensor, tensor_to_pil
+
+SCALE = 4
+LR_MODES = ("bicubic", "degraded", "given")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class LabImage:
+    """One input: ``id`` is its path relative to the data folder (POSIX), ``hr`` is ``None`` for given LR."""
+
+    id: str
+    lr: Image.Image
+    hr: Image.Image | None
+
+
+def find_images(
+    data_dir: str | Path, limit: int | None = None, exclude: str | Path | None = None
+) -> list[tuple[str, Path]]:
+    """``(id, path)`` of every image under ``data_dir`` (recursively, hidden files skipped), sorted.
+
+    ``exclude``: a folder to leave out, the results folder when it lies inside the data.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such folder")
+    skip = Path(exclude).resolve() if exclude else None
+    found = sorted(
+        (p.relative_to(root).as_posix(), p)
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(s.startswith(".") for s in p.relative_to(root).parts)
+        and not (skip and p.resolve().is_relative_to(skip))
+    )
+    if not found:
+        raise ValueError(f"{root}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return found[:limit] if limit else found
+
+
+def load_captions(data_dir: str | Path, captions_file: str | Path | None, ids: list[str]) -> dict[str, str]:
+    """Captions for ``ids`` from ``captions_file`` or ``DATA/captions.json``; missing ones are absent.
+
+    Keys may be the relative path, a longer path that ends with it (``eval/set5/baby.png`` for
+    ``baby.png`` in ``eval/set5``) or the bare file name.
+    """
+    path = Path(captions_file) if captions_file else Path(data_dir) / "captions.json"
+    if not path.is_file():
+        if captions_file:
+            raise ValueError(f"{path}: no such captions file")
+        return {}
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a JSON file of {{image: caption}} ({e})") from e
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: expected a JSON object mapping image paths to captions")  # noqa: TRY004 - a user error
+    out = {}
+    for image_id in ids:
+        caption = _lookup(table, image_id)
+        if caption is not None:
+            out[image_id] = str(caption)
+    return out
+
+
+def _lookup(table: dict, image_id: str):
+    if image_id in table:
+        return table[image_id]
+    name = image_id.rsplit("/", 1)[-1]
+    for matches in (
+        lambda k: k.endswith("/" + image_id),
+        lambda k: k.rsplit("/", 1)[-1] == name,
+    ):
+        keys = [k for k in table if matches(k)]
+        if len(keys) == 1:
+            return table[keys[0]]
+    return None
+
+
+def derangement(ids: list[str]) -> dict[str, str]:
+    """Each id -> another id whose caption it borrows: a cyclic shift, deterministic, no fixed point."""
+    if len(ids) < 2:
+        return {}
+    return {a: ids[(i + 1) % len(ids)] for i, a in enumerate(ids)}
+
+
+def lr_seed(image_id: str, seed: int) -> int:
+    """A seed for the degradation that depends only on the image and the run's ``--lr-seed``."""
+    return int(hashlib.sha1(f"{seed}:{image_id}".encode()).hexdigest()[:8], 16)
+
+
+def prepare(image_id: str, path: Path, mode: str, *, crop: int | None = None, seed: int = 0) -> LabImage:
+    """Load one image and make its LR; ``crop`` = side of a central LR crop (HR: ``4 * crop``)."""
+    if mode not in LR_MODES:
+        raise ValueError(f"--lr must be one of {', '.join(LR_MODES)}, not {mode!r}")
+    image, _ = load_image(path)
+    if mode == "given":
+        return LabImage(image_id, _center_crop(image, crop), None)
+    hr = _center_crop(image, crop * SCALE if crop else None)
+    hr = hr.crop((0, 0, hr.width - hr.width % SCALE, hr.height - hr.height % SCALE))
+    if min(hr.size) < SCALE * 8:
+        raise ValueError(f"{image_id}: the HR image is {hr.width}x{hr.height}, too small for x{SCALE}")
+    if mode == "bicubic":
+        from ..degradation import bicubic_degrade
+
+        lr = bicubic_degrade(pil_to_tensor(hr), SCALE)
+    else:
+        from ..degradation import Degradation
+
+        lr = Degradation()(pil_to_tensor(hr), torch.Generator().manual_seed(lr_seed(image_id, seed)))
+    return LabImage(image_id, tensor_to_pil(lr), hr)
+
+
+def _center_crop(image: Image.Image, side: int | None) -> Image.Image:
+    if not side or (image.width <= side and image.height <= side):
+        return image
+    w, h = min(side, image.width), min(side, image.height)
+    left, top = (image.width - w) // 2, (image.height - h) // 2
+    return image.crop((left, top, left + w, top + h))

@@ -1,0 +1,257 @@
+"""One interface over everything the lab compares: MMSR (the engine), text-only MMSR, the baselines.
+
+A :class:`Method` takes an LR image, a caption, a seed and a :class:`Setting` and returns a 4x image
+with its timings. Each method declares the setting ``axes`` it consumes; the planner projects every
+setting onto them, so a baseline that ignores the guidance is run once, not once per guidance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from PIL import Image
+
+from ..conditioning import MODALITIES
+from ..presets import CHECKPOINTS
+from ..settings import UpscaleSettings
+
+TEXT_ONLY = "text-only"
+TEXT_ONLY_BASELINE = "text-only-mmsr"
+TWIN = "lite-text-only"
+TWIN_CHECKPOINT = CHECKPOINTS / TWIN
+# axes of the sweep a method can consume (``caption`` = the caption kind: true, swap, empty)
+MMSR_AXES = frozenset({"cfg_mode", "guidance", "subset", "temperatures", "caption"})
+TEXT_AXES = frozenset({"cfg_mode", "guidance", "caption"})
+SUBSETS = {
+    "all": (frozenset(), False),
+    "text-only": (frozenset(MODALITIES), False),
+    "none": (frozenset(MODALITIES), True),
+    "-text": (frozenset(), True),
+    **{f"-{m}": (frozenset({m}), False) for m in MODALITIES},
+}
+
+
+def check_subset(name: str) -> str:
+    if name not in SUBSETS:
+        raise ValueError(f"unknown modality subset {name!r}; choose from {', '.join(SUBSETS)}")
+    return name
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the sweep; fields a method does not consume are blank (``""``/``None``).
+
+    ``temperatures`` holds only the modalities whose tau differs from 1, sorted by name.
+    """
+
+    cfg_mode: str = ""
+    guidance: float | None = None
+    subset: str = ""
+    temperatures: tuple[tuple[str, float], ...] = ()
+    caption: str = "true"
+
+    def project(self, axes: frozenset[str]) -> Setting:
+        """This setting as seen by a method that consumes only ``axes``."""
+        blank = Setting(caption="")
+        return replace(self, **{f.name: getattr(blank, f.name) for f in fields(self) if f.name not in axes})
+
+    def tau(self, modality: str) -> float:
+        return dict(self.temperatures).get(modality, 1.0)
+
+    def slug(self) -> str:
+        """A short file-name-safe name, e.g. ``m-cfg_w4_all_depth0.5_cap-swap``."""
+        parts = [
+            self.cfg_mode,
+            "" if self.guidance is None else f"w{self.guidance:g}",
+            self.subset,
+        ]
+        parts += [f"{k}{v:g}" for k, v in self.temperatures]
+        parts.append(f"cap-{self.caption}" if self.caption else "")
+        return "_".join(p for p in parts if p) or "default"
+
+
+@dataclass
+class MethodOutput:
+    image: Image.Image
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Method:
+    """A named super-resolution method with ``available()`` and ``run(...)``."""
+
+    name: str
+    label: str
+    uses_caption: bool = False
+    axes: frozenset[str] = frozenset()
+
+    def available(self) -> tuple[bool, str]:
+        return True, ""
+
+    def load(self) -> str:
+        """Load weights now, so the first row's timing is not the loading; returns why it failed."""
+        return ""
+
+    def run(self, lr: Image.Image, *, caption: str, seed: int, setting: Setting) -> MethodOutput:
+        raise NotImplementedError
+
+
+class EngineMethod(Method):
+    """MMSR through :class:`mmsr.engine.Engine`: every axis of the sweep applies."""
+
+    uses_caption = True
+    axes = MMSR_AXES
+
+    def __init__(
+        self,
+        engine,
+        *,
+        name: str = "mmsr",
+        label: str = "MMSR",
+        steps: int | None = None,
+    ):
+        self.engine, self.name, self.label, self.steps = engine, name, label, steps
+
+    def run(self, lr: Image.Image, *, caption: str, seed: int, setting: Setting) -> MethodOutput:
+        off, drop_text = SUBSETS[setting.subset or "all"]
+        settings = UpscaleSettings(
+            caption="" if drop_text else caption,
+            cfg_mode=setting.cfg_mode or "m-cfg",
+            guidance=4.0 if setting.guidance is None else setting.guidance,
+            steps=self.steps,
+            seed=seed,
+            modalities={m: m not in off for m in MODALITIES},
+            temperatures={m: setting.tau(m) for m in MODALITIES},
+            auto_caption=False,  # the lab resolves captions itself, the same for every method
+        )
+        result = self.engine.upscale(lr, settings)
+        return MethodOutput(result.image, dict(result.timings), list(result.warnings))
+
+
+class BaselineMethod(Method):
+    """A member of :data:`baselines.BASELINES`; text-only MMSR also gets the guidance settings."""
+
+    def __init__(self, baseline, *, name: str | None = None, steps: int | None = None):
+        self.baseline = baseline
+        self.name = name or baseline.name
+        self.label = baseline.label
+        self.uses_caption = baseline.uses_caption
+        self.steps = steps
+        self.axes = (
+            TEXT_AXES if baseline.name == TEXT_ONLY_BASELINE else frozenset({"caption"} if self.uses_caption else ())
+        )
+
+    def available(self) -> tuple[bool, str]:
+        return self.baseline.available()
+
+    def load(self) -> str:
+        try:
+            self.baseline.load()
+        except Exception as e:  # noqa: BLE001 - a baseline that cannot load is reported, not fatal
+            return f"could not load: {type(e).__name__}: {e}"
+        return ""
+
+    def run(self, lr: Image.Image, *, caption: str, seed: int, setting: Setting) -> MethodOutput:
+        options = {}
+        if self.baseline.name == TEXT_ONLY_BASELINE:
+            options = {
+                "cfg_mode": setting.cfg_mode or "m-cfg",
+                "guidance": setting.guidance,
+                "steps": self.steps,
+            }
+            options = {k: v for k, v in options.items() if v is not None} | {"auto_caption": False}
+        start = time.perf_counter()
+        image = self.baseline(lr, caption=caption, seed=seed, **options)
+        return MethodOutput(image, {"method": time.perf_counter() - start})
+
+
+def method_names(requested: list[str]) -> list[str]:
+    """Expand ``all`` and aliases; keep order, drop repeats, reject unknown names."""
+    from baselines import BASELINES
+
+    known = [
+        "mmsr",
+        TEXT_ONLY,
+        *[b for b in BASELINES if b != TEXT_ONLY_BASELINE],
+        TWIN,
+    ]
+    out: list[str] = []
+    for name in requested:
+        name = TEXT_ONLY if name == TEXT_ONLY_BASELINE else name
+        expanded = known if name == "all" else [name]
+        for n in expanded:
+            if n not in known:
+                raise ValueError(f"unknown method {n!r}; choose from all, {', '.join(known)}")
+            if n not in out:
+                out.append(n)
+    return out
+
+
+@dataclass
+class MethodSet:
+    methods: dict[str, Method]
+    unavailable: dict[str, str]
+    engine: object | None
+
+
+def build_methods(
+    names: list[str],
+    *,
+    preset: str,
+    checkpoint: str | None,
+    device: str,
+    steps: int | None,
+    engine=None,
+) -> MethodSet:
+    """Instantiate the requested methods on ``device``; unavailable ones come back with a reason.
+
+    The engine (MMSR's weights) is shared by ``mmsr`` and ``text-only``; ``lite-text-only`` is the
+    separately trained text-only twin in ``checkpoints/lite-text-only`` (lite preset only).
+    """
+    from baselines import get_baseline
+
+    from ..engine import Engine
+
+    names = method_names(names)
+    if engine is None and any(n in ("mmsr", TEXT_ONLY) for n in names):
+        engine = Engine.load(preset, checkpoint=checkpoint, device=device)
+    methods: dict[str, Method] = {}
+    unavailable: dict[str, str] = {}
+    for name in names:
+        if name == "mmsr":
+            methods[name] = EngineMethod(engine, steps=steps)
+        elif name == TEXT_ONLY:
+            baseline = get_baseline(TEXT_ONLY_BASELINE, engine=engine, device=device)
+            methods[name] = BaselineMethod(baseline, name=TEXT_ONLY, steps=steps)
+        elif name == TWIN:
+            reason = _twin_blocker(preset)
+            if reason:
+                unavailable[name] = reason
+                continue
+            twin = Engine.load(preset, checkpoint=str(TWIN_CHECKPOINT), device=device)
+            methods[name] = BaselineMethod(
+                get_baseline(TEXT_ONLY_BASELINE, engine=twin, device=device),
+                name=TWIN,
+                steps=steps,
+            )
+            methods[name].label = "Text-only model (lite, trained without modalities)"
+        else:
+            methods[name] = BaselineMethod(get_baseline(name, device=device))
+    for name in list(methods):
+        ok, reason = methods[name].available()
+        if ok:
+            reason = methods[name].load()
+        if reason:
+            unavailable[name] = reason
+            del methods[name]
+    return MethodSet(methods, unavailable, engine)
+
+
+def _twin_blocker(preset: str) -> str:
+    if preset != "lite":
+        return f"the text-only twin exists for the lite preset only (this run uses {preset})"
+    if not Path(TWIN_CHECKPOINT).is_dir():
+        return f"{TWIN_CHECKPOINT} does not exist (the text-only twin has not been trained)"
+    return ""

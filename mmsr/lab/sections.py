@@ -1,0 +1,414 @@
+"""The report's sections, each reproducing one table or figure of the paper on the lab's rows.
+
+A section returns report blocks (see :mod:`mmsr.lab.report`) or nothing when the results hold too
+little for it (e.g. one guidance value: no trade-off curve).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from PIL import Image
+
+from ..conditioning import MODALITIES
+from ..metrics import METRICS
+from . import hallucination, plots
+from .methods import SUBSETS, Setting
+from .results import number
+from .stats import Estimate, bootstrap, paired_difference, per_image
+
+MMSR = "mmsr"
+NO_REFERENCE = ("musiq", "clipiqa", "maniqa", "niqe", "piqe")
+MAX_SHEETS = 3
+MAX_HEATMAP_IMAGES = 4
+
+
+@dataclass
+class Context:
+    """The rows of one results folder plus what the sections share (base setting, metrics)."""
+
+    root: Path
+    rows: list[dict]
+    info: dict
+    plots: Path
+    ok: list[dict] = field(init=False)
+    base: Setting = field(init=False)
+    metrics: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ok = [r for r in self.rows if r["status"] == "ok"]
+        b = self.info.get("base") or {}
+        self.base = Setting(
+            b.get("cfg_mode", "m-cfg"),
+            float(b.get("guidance", 4.0)),
+            "all",
+            caption="true",
+        )
+        self.metrics = [m for m in METRICS if any(number(r, m) is not None for r in self.ok)]
+
+    @staticmethod
+    def estimate(by_image: dict[str, float]) -> Estimate:
+        return bootstrap(by_image.values())
+
+    @staticmethod
+    def difference(a: dict[str, float], b: dict[str, float]) -> Estimate:
+        return paired_difference(a, b)
+
+    def taus_are_one(self, row: dict) -> bool:
+        return all(number(row, f"tau_{m}") in (None, 1.0) for m in MODALITIES)
+
+    def at_base_guidance(self, row: dict) -> bool:
+        g = number(row, "guidance")
+        return row["cfg_mode"] in ("", self.base.cfg_mode) and (g is None or g == self.base.guidance)
+
+    def is_base(self, row: dict) -> bool:
+        """The row is its method's projection of the base setting (Table 1's column)."""
+        return (
+            row["caption_kind"] in ("true", "")
+            and row["subset"] in ("", "all")
+            and self.at_base_guidance(row)
+            and self.taus_are_one(row)
+        )
+
+    def unavailable_metrics(self) -> dict[str, str]:
+        reasons: dict[str, str] = {}
+        for row in self.ok:
+            for name, why in json.loads(row.get("unavailable") or "{}").items():
+                if name not in self.metrics:
+                    reasons.setdefault(name, why)
+        return reasons
+
+    @cached_property
+    def swap(self) -> dict[str, dict[str, Estimate]]:
+        return hallucination.caption_swap(self.ok, self.root)
+
+    @cached_property
+    def seeds(self) -> tuple[dict[str, Estimate], dict]:
+        return hallucination.seed_variance(self.ok, self.root, self.is_base)
+
+    def hallucination_summary(self) -> list[str]:
+        lines = []
+        if self.swap:
+            still = max(self.swap, key=lambda m: self.swap[m]["psnr"].mean)
+            lines.append(
+                f"**Caption swap**: {still} moves least (PSNR between its two outputs {self.swap[still]['psnr'].text()} dB)."
+            )
+            if MMSR in self.swap and "text-only" in self.swap:
+                a, b = self.swap[MMSR]["psnr"].mean, self.swap["text-only"]["psnr"].mean
+                verdict = "as the paper claims" if a > b else "not what the paper reports (untrained or weak weights?)"
+                lines.append(
+                    f"MMSR {'moves less' if a > b else 'moves more'} than text-only MMSR under a swapped caption ({a:.3g} vs {b:.3g} dB): {verdict}."
+                )
+        table, _ = self.seeds
+        stochastic = {m: e for m, e in table.items() if e.mean > 0}
+        if stochastic:
+            steady = min(stochastic, key=lambda m: stochastic[m].mean)
+            fixed = sorted(set(table) - set(stochastic))
+            lines.append(
+                f"**Seed variance**: of the methods that depend on the seed, {steady} varies least "
+                f"({stochastic[steady].text()} grey levels per pixel)"
+                + (f"; seed-independent: {', '.join(fixed)}." if fixed else ".")
+            )
+        return lines
+
+
+def sections(ctx: Context) -> list:
+    return [
+        *method_table(ctx),
+        *tradeoff(ctx),
+        *ablation(ctx),
+        *temperature(ctx),
+        *caption_swap(ctx),
+        *seed_variance(ctx),
+    ]
+
+
+def _header(name: str) -> str:
+    info = METRICS[name]
+    return f"{info.label} {'↓' if info.lower_better else '↑'}"
+
+
+def _table(
+    groups: list[str],
+    by_metric: dict[str, dict[str, dict[str, float]]],
+    first: str,
+    extra=None,
+) -> tuple:
+    """A table block: one row per group, one column per metric (mean over images), best in bold."""
+    names = [m for m in by_metric if by_metric[m]]
+    rows, bold = [], set()
+    for g in groups:
+        cells = [g]
+        for name in names:
+            values = by_metric[name].get(g)
+            cells.append("" if not values else f"{bootstrap(values.values()).mean:.4g}")
+        rows.append(cells + ([extra(g)] if extra else []))
+    for j, name in enumerate(names, start=1):
+        means = {i: float(r[j]) for i, r in enumerate(rows) if r[j]}
+        if len(means) > 1:
+            best = (min if METRICS[name].lower_better else max)(means.values())
+            bold |= {(i, j) for i, v in means.items() if v == best}
+    header = [first, *map(_header, names)] + (["s / image"] if extra else [])
+    return ("table", header, rows, bold)
+
+
+def method_table(ctx: Context) -> list:
+    """Table 1: methods x metrics at the base setting."""
+    rows = [r for r in ctx.ok if ctx.is_base(r)]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    if not methods:
+        return []
+    by_metric = {m: per_image(rows, lambda r, m=m: number(r, m), lambda r: r["method"]) for m in ctx.metrics}
+    seconds = per_image(rows, lambda r: number(r, "seconds_method"), lambda r: r["method"])
+    n = len({r["image"] for r in rows})
+    return [
+        ("h", 2, "Method comparison (paper Table 1)"),
+        (
+            "p",
+            f"Mean over {n} images (seeds averaged per image) at the base setting; best in bold.",
+        ),
+        _table(
+            methods,
+            by_metric,
+            "method",
+            lambda m: f"{bootstrap(seconds.get(m, {}).values()).mean:.3g}",
+        ),
+    ]
+
+
+def tradeoff(ctx: Context) -> list:
+    """Fig. 10 / Table 3: distortion vs perception across guidance, one line per cfg mode."""
+    rows = [
+        r
+        for r in ctx.ok
+        if r["method"] == MMSR and r["subset"] == "all" and r["caption_kind"] == "true" and ctx.taus_are_one(r)
+    ]
+    points = {(r["cfg_mode"], float(r["guidance"])) for r in rows}
+    x = "psnr" if "psnr" in ctx.metrics else "lr_psnr"
+    ys = [m for m in NO_REFERENCE if m in ctx.metrics][:2] or [
+        m for m in ("ssim", "lr_psnr") if m in ctx.metrics and m != x
+    ][:1]
+    if len(points) < 2 or x not in ctx.metrics or not ys:
+        return []
+    est = {
+        name: per_image(
+            rows,
+            lambda r, n=name: number(r, n),
+            lambda r: (r["cfg_mode"], float(r["guidance"])),
+        )
+        for name in [x, *ys]
+    }
+    lines: dict[str, list] = {}
+    table = []
+    for mode, w in sorted(points):
+        values = [bootstrap(est[n].get((mode, w), {}).values()) for n in [x, *ys]]
+        lines.setdefault(mode, []).append((w, *values))
+        table.append([mode, f"{w:g}", *[v.text() for v in values]])
+    path = plots.tradeoff(
+        lines,
+        METRICS[x].label,
+        [METRICS[y].label for y in ys],
+        ctx.plots / "tradeoff.png",
+    )
+    return [
+        ("h", 2, "Perception-distortion trade-off (paper Fig. 10, Table 3)"),
+        (
+            "p",
+            f"MMSR over guidance w for each cfg mode: x = {METRICS[x].label}, y = {', '.join(METRICS[y].label for y in ys)}; bars are 95% intervals.",
+        ),
+        (
+            "img",
+            path.relative_to(ctx.root).as_posix(),
+            "Trade-off across guidance, one line per cfg mode",
+        ),
+        ("table", ["cfg mode", "w", *map(_header, [x, *ys])], table, set()),
+    ]
+
+
+def ablation(ctx: Context) -> list:
+    """Fig. 8: MMSR with modality subsets removed, at the base guidance."""
+    rows = [
+        r
+        for r in ctx.ok
+        if r["method"] == MMSR and r["caption_kind"] == "true" and ctx.at_base_guidance(r) and ctx.taus_are_one(r)
+    ]
+    subsets = [s for s in SUBSETS if any(r["subset"] == s for r in rows)]
+    if len(subsets) < 2:
+        return []
+    by_metric = {m: per_image(rows, lambda r, m=m: number(r, m), lambda r: r["subset"]) for m in ctx.metrics}
+    shown = [m for m in ("psnr", "ssim", "lpips", "lr_psnr", *NO_REFERENCE) if m in ctx.metrics][:4]
+    panels = {_header(m): {s: bootstrap(v.values()) for s, v in by_metric[m].items()} for m in shown}
+    path = plots.bars(subsets, panels, "Modality ablation (MMSR)", ctx.plots / "ablation.png")
+    return [
+        ("h", 2, "Modality ablation (paper Fig. 8)"),
+        (
+            "p",
+            "`-x`: modality x replaced by m_0; `-text`: empty caption; `text-only`: every map m_0; `none`: nothing but the LR.",
+        ),
+        (
+            "img",
+            path.relative_to(ctx.root).as_posix(),
+            "Modality ablation, 95% intervals",
+        ),
+        _table(subsets, by_metric, "subset"),
+    ]
+
+
+def _tau_point(row: dict) -> tuple[str | None, float] | None:
+    changed = [(m, number(row, f"tau_{m}")) for m in MODALITIES if number(row, f"tau_{m}") not in (None, 1.0)]
+    if len(changed) > 1:
+        return None
+    return changed[0] if changed else (None, 1.0)
+
+
+def temperature(ctx: Context) -> list:
+    """Fig. 9: one modality's tau changed at a time; a contact sheet of output crops per image."""
+    rows = [
+        r
+        for r in ctx.ok
+        if r["method"] == MMSR and r["subset"] == "all" and r["caption_kind"] == "true" and ctx.at_base_guidance(r)
+    ]
+    points = {id(r): p for r in rows if (p := _tau_point(r)) is not None}
+    modalities = [m for m in MODALITIES if any(p[0] == m for p in points.values())]
+    if not modalities:
+        return []
+    blocks = [
+        ("h", 2, "Modality temperature (paper Fig. 9)"),
+        (
+            "p",
+            "Smaller tau = stronger influence of that modality (eq. 5). Central crops of the outputs, first seed.",
+        ),
+    ]
+    for image in sorted({r["image"] for r in rows})[:MAX_SHEETS]:
+        cells: dict[str, dict[float, Path]] = {m: {} for m in modalities}
+        for r in sorted(
+            (r for r in rows if r["image"] == image and id(r) in points),
+            key=lambda r: int(r["seed"]),
+            reverse=True,
+        ):
+            m, tau = points[id(r)]
+            for target in [m] if m else modalities:
+                cells[target][tau] = ctx.root / r["output"]
+        path = plots.contact_sheet(
+            cells,
+            f"{image}: tau sweep",
+            ctx.plots / f"temperature_{_slug(image)}.png",
+            reference=_reference(ctx, image),
+        )
+        blocks.append(
+            (
+                "img",
+                path.relative_to(ctx.root).as_posix(),
+                f"Temperature sweep on {image}",
+            )
+        )
+    shown = [m for m in ("psnr", "lr_psnr", *NO_REFERENCE) if m in ctx.metrics][:3]
+    table = []
+    for m in modalities:
+        swept = [r for r in rows if id(r) in points and points[id(r)][0] in (m, None)]
+        values = {n: per_image(swept, lambda r, n=n: number(r, n), lambda r: points[id(r)][1]) for n in shown}
+        for tau in sorted({t for v in values.values() for t in v}):
+            table.append(
+                [
+                    m,
+                    f"{tau:g}",
+                    *[bootstrap(values[n].get(tau, {}).values()).text() for n in shown],
+                ]
+            )
+    blocks.append(("table", ["modality", "tau", *map(_header, shown)], table, set()))
+    return blocks
+
+
+def caption_swap(ctx: Context) -> list:
+    """Hallucination (a): how far each caption-conditioned method moves under a misleading caption."""
+    if not ctx.swap:
+        return []
+    methods = list(ctx.swap)
+    table = [
+        [
+            m,
+            str(e["psnr"].n),
+            e["psnr"].text(),
+            e["ssim"].text(),
+            e.get("lr_true", _NA).text(),
+            e.get("lr_swap", _NA).text(),
+            e.get("lr_delta", _NA).text(),
+        ]
+        for m, e in ctx.swap.items()
+    ]
+    panels = {
+        "PSNR true vs swapped output (dB) ↑": {m: ctx.swap[m]["psnr"] for m in methods},
+        "SSIM true vs swapped output ↑": {m: ctx.swap[m]["ssim"] for m in methods},
+    }
+    if any("lr_delta" in ctx.swap[m] for m in methods):
+        panels["Δ LR-consistency (dB), swap - true"] = {
+            m: ctx.swap[m]["lr_delta"] for m in methods if "lr_delta" in ctx.swap[m]
+        }
+    path = plots.bars(
+        methods,
+        panels,
+        "Caption swap: how much the output moves",
+        ctx.plots / "caption_swap.png",
+    )
+    return [
+        ("h", 2, "Hallucination: caption swap"),
+        ("p", (
+            "Each method run with the image's caption and with another image's (cyclic derangement), same seed and "
+            f"settings. Higher PSNR/SSIM between the two outputs = moved less; identical outputs count as "
+            f"{hallucination.IDENTICAL_PSNR:g} dB."
+        )),
+        ("img", path.relative_to(ctx.root).as_posix(), "Caption swap, 95% intervals"),
+        ("table", ["method", "images", "PSNR true vs swap ↑", "SSIM true vs swap ↑", "LR-cons. true", "LR-cons. swap", "Δ LR-cons."], table, set()),
+    ]  # fmt: skip
+
+
+_NA = Estimate(math.nan, math.nan, math.nan, 0)
+
+
+def seed_variance(ctx: Context) -> list:
+    """Hallucination (b): per-pixel standard deviation of the outputs over seeds."""
+    table, maps = ctx.seeds
+    if not table:
+        return []
+    images = sorted({k[0] for k in maps})[:MAX_HEATMAP_IMAGES]
+    path = plots.heatmaps(
+        {k: v for k, v in maps.items() if k[0] in images},
+        "Per-pixel std over seeds",
+        ctx.plots / "seed_variance.png",
+    )
+    return [
+        ("h", 2, "Hallucination: seed variance"),
+        (
+            "p",
+            "Standard deviation over seeds of each output pixel (grey levels, mean over RGB) at the base setting; deterministic methods give 0.",
+        ),
+        ("img", path.relative_to(ctx.root).as_posix(), "Seed variance heatmaps"),
+        (
+            "table",
+            ["method", "images", "mean std over seeds ↓"],
+            [[m, str(e.n), e.text()] for m, e in table.items()],
+            set(),
+        ),
+    ]
+
+
+def _reference(ctx: Context, image: str) -> tuple[str, Image.Image] | None:
+    """The image's HR (or its LR enlarged x4 with nearest neighbour) for the contact sheet."""
+    row = next(r for r in ctx.ok if r["image"] == image)
+    for column, label in (("hr_path", "HR"), ("lr_path", "LR (x4 nearest)")):
+        path = ctx.root / row[column] if row.get(column) else None
+        if path and path.is_file():
+            with Image.open(path) as found:
+                image = found.convert("RGB")
+            if label != "HR":
+                image = image.resize((image.width * 4, image.height * 4), Image.NEAREST)
+            return label, image
+    return None
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)

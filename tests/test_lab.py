@@ -1,0 +1,231 @@
+"""The lab: planning, the results CSV (resume, shards), an end-to-end run and report on tiny-random."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from skimage import data
+
+from mmsr.cli import run as cli_run
+from mmsr.lab.cli import parse_temperature_sweeps
+from mmsr.lab.data import derangement, load_captions, prepare
+from mmsr.lab.methods import MMSR_AXES, TEXT_AXES, Method, MethodOutput, Setting, build_methods
+from mmsr.lab.report import load_report
+from mmsr.lab.results import COLUMNS, ShardWriter, collect, merge, read_rows
+from mmsr.lab.run import RunConfig, plan, run_lab
+
+REPO = Path(__file__).resolve().parent.parent
+CAPTIONS = {
+    "astronaut.png": "Photo of an astronaut in a white suit holding a helmet, a flag behind her.",
+    "coffee.png": "Photo of a cup of coffee on a saucer seen from above.",
+}
+SECTIONS = ("Summary", "Table 1", "Fig. 10", "Fig. 8", "Fig. 9", "caption swap", "seed variance")
+
+
+@pytest.fixture(scope="module")
+def lab_data(tmp_path_factory):
+    """Two real photos as 64x64 HR (LR 16x16, small for a 2-core CI) and their captions."""
+    root = tmp_path_factory.mktemp("lab_data")
+    for name, image in (("astronaut.png", data.astronaut()), ("coffee.png", data.coffee())):
+        Image.fromarray(image).resize((64, 64), Image.BICUBIC).save(root / name)
+    (root / "captions.json").write_text(json.dumps(CAPTIONS))
+    return root
+
+
+class Stub(Method):
+    def __init__(self, name, axes=frozenset(), uses_caption=False):
+        self.name, self.label, self.axes, self.uses_caption = name, name, frozenset(axes), uses_caption
+
+    def run(self, lr, *, caption, seed, setting):
+        return MethodOutput(lr.resize((lr.width * 4, lr.height * 4)))
+
+
+def test_plan_projects_settings_and_dedupes(tmp_path):
+    config = RunConfig(
+        data=tmp_path, out=tmp_path, guidance=[1, 4], cfg_modes=["m-cfg", "cfg"], subsets=["all", "-depth"],
+        temperatures={"edges": [0.5, 1]}, seeds=[0, 1], caption_kinds=["true", "swap"],
+    ).validate()  # fmt: skip
+    methods = {
+        "mmsr": Stub("mmsr", MMSR_AXES, True),
+        "text-only": Stub("text-only", TEXT_AXES, True),
+        "bicubic": Stub("bicubic"),
+    }
+    jobs, notes = plan(config, ["a.png", "b.png"], {"a.png": "cat", "b.png": "dog"}, methods)
+    per_image = [j for j in jobs if j.image == "a.png"]
+    # mmsr: base, (m-cfg,1), (cfg,1), (cfg,4), -depth, edges=0.5, swap; text-only: base, swap; bicubic: base
+    assert sum(j.method == "mmsr" for j in per_image) == 7 * 2
+    assert sum(j.method == "text-only" for j in per_image) == 2 * 2
+    assert sum(j.method == "bicubic" for j in per_image) == 2
+    assert len({j.id for j in jobs}) == len(jobs) and not notes
+    swap = next(j for j in per_image if j.setting.caption == "swap")
+    assert swap.caption_key == "dog"
+    bicubic = next(j for j in per_image if j.method == "bicubic")
+    assert bicubic.setting == Setting(caption="") and bicubic.caption_key == ""
+    again, _ = plan(config, ["a.png", "b.png"], {"a.png": "cat", "b.png": "dog"}, methods)
+    assert [j.id for j in again] == [j.id for j in jobs]  # ids are stable across runs and processes
+    one, notes = plan(config, ["a.png"], {}, methods)
+    assert all(j.setting.caption != "swap" for j in one) and "at least two images" in notes[0]
+
+
+def test_sweep_parsing_and_validation(tmp_path):
+    assert parse_temperature_sweeps(["depth=0.5,1,2", "edges=2;seg=0.4"]) == {
+        "depth": [0.5, 1.0, 2.0],
+        "edges": [2.0],
+        "seg": [0.4],
+    }
+    assert parse_temperature_sweeps(["all=2"]) == {"depth": [2.0], "seg": [2.0], "edges": [2.0]}
+    with pytest.raises(ValueError, match="depth=0.5"):
+        parse_temperature_sweeps(["colour=2"])
+    with pytest.raises(ValueError, match="subset"):
+        RunConfig(data=tmp_path, out=tmp_path, subsets=["-colour"]).validate()
+    with pytest.raises(ValueError, match="temperature of depth"):
+        RunConfig(data=tmp_path, out=tmp_path, temperatures={"depth": [0.1]}).validate()
+    with pytest.raises(ValueError, match="guidance"):
+        RunConfig(data=tmp_path, out=tmp_path, guidance=[4, 99]).validate()
+    assert RunConfig(data=tmp_path, out=tmp_path, guidance=[7, 1]).base().guidance == 7.0
+
+
+def test_captions_lookup_derangement_and_lr(lab_data, tmp_path):
+    table = {"eval/set5/astronaut.png": "long key", "coffee.png": "short key"}
+    (tmp_path / "c.json").write_text(json.dumps(table))
+    ids = ["astronaut.png", "coffee.png", "sub/none.png"]
+    assert load_captions(lab_data, tmp_path / "c.json", ids) == {"astronaut.png": "long key", "coffee.png": "short key"}
+    shift = derangement(ids)
+    assert sorted(shift.values()) == sorted(ids) and all(k != v for k, v in shift.items())
+    a = prepare("coffee.png", lab_data / "coffee.png", "degraded", seed=3)
+    b = prepare("coffee.png", lab_data / "coffee.png", "degraded", seed=3)
+    assert a.lr.size == (16, 16) and a.hr.size == (64, 64) and a.lr.tobytes() == b.lr.tobytes()
+    given = prepare("coffee.png", lab_data / "coffee.png", "given", crop=24)
+    assert given.hr is None and given.lr.size == (24, 24)
+
+
+def test_shards_survive_a_cut_off_row_and_merge_once(tmp_path):
+    rows = [{c: "" for c in COLUMNS} | {"id": f"r{i}", "status": "ok", "image": "x"} for i in range(3)]
+    shard = tmp_path / "shards" / "rows-p0.csv"
+    with ShardWriter(shard) as w:
+        w.write(rows[0])
+        w.write(rows[1] | {"status": "error", "error": "boom"})
+    with open(shard, "a") as f:
+        f.write("r2,x,half a row")  # the process died mid-write
+    assert [r["id"] for r in read_rows(shard)] == ["r0", "r1"]
+    with ShardWriter(shard) as w:  # appending starts on a fresh line
+        w.write(rows[1])
+        w.write(rows[2])
+    with ShardWriter(tmp_path / "shards" / "rows-p1.csv") as w:
+        w.write(rows[2])
+    merged = merge(tmp_path)
+    assert sorted(r["id"] for r in merged) == ["r0", "r1", "r2"] and all(r["status"] == "ok" for r in merged)
+    assert len(merge(tmp_path, remove_shards=True)) == 3 and not list((tmp_path / "shards").glob("*.csv"))
+    assert [r["id"] for r in collect(tmp_path)] == ["r0", "r1", "r2"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_end_to_end_run_resume_and_report(lab_data, tmp_path, tiny_pipe):
+    from mmsr.engine import Engine
+
+    out = tmp_path / "results"
+    config = RunConfig(
+        data=lab_data, out=out, methods=["mmsr", "text-only", "bicubic"], preset="tiny-random", steps=1,
+        guidance=[4], cfg_modes=["m-cfg", "cfg"], subsets=["all", "-edges"], temperatures={"edges": [0.5]},
+        seeds=[0, 1], caption_kinds=["true", "swap"], metrics=["psnr", "ssim", "lr_psnr"], device="cpu",
+    )  # fmt: skip
+    methods = build_methods(
+        config.methods,
+        preset="tiny-random",
+        checkpoint=None,
+        device="cpu",
+        steps=1,
+        engine=Engine(tiny_pipe, "tiny-random"),
+    )
+    seen = []
+
+    def stop_after_five(row):
+        seen.append(row["id"])
+        if len(seen) == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_lab(config, on_row=stop_after_five, methods=methods)
+    assert not (out / "results.csv").exists() and len(read_rows(out / "shards" / "rows-p0.csv")) == 5
+    assert len(merge(out)) == 5  # what `lab report` does first: the finished rows of the broken run
+
+    summary = run_lab(config, methods=methods)
+    assert (summary.skipped, summary.errors) == (5, 0) and summary.ran == summary.planned - 5
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    ids = [r["id"] for r in rows]
+    # per image and seed: mmsr base, cfg, -edges, edges=0.5, swap; text-only base, swap; bicubic
+    assert len(ids) == len(set(ids)) == summary.planned == 2 * (5 + 2 + 1) * 2
+    assert all(r["status"] == "ok" and (out / r["output"]).is_file() for r in rows)
+    assert all(float(r["lr_psnr"]) > 0 and float(r["psnr"]) > 0 for r in rows)
+    assert {r["method"] for r in rows} == {"mmsr", "text-only", "bicubic"}
+    assert Image.open(out / rows[0]["output"]).size == (64, 64)
+
+    markdown, plots = load_report(out)
+    assert all(s in markdown for s in SECTIONS), markdown
+    assert "**bicubic**" in markdown  # the best PSNR of the Table 1 layout is in bold
+    assert {p.name for p in plots} >= {"tradeoff.png", "ablation.png", "caption_swap.png", "seed_variance.png"}
+    assert all(p.is_file() and p.is_absolute() for p in plots)
+    assert (out / "report.html").read_text().count("<img") == len(plots)
+
+    again = run_lab(config, methods=methods)  # everything done: nothing re-runs, nothing duplicates
+    assert again.ran == 0 and len(read_rows(out / "results.csv")) == summary.planned
+
+
+def test_cli_user_errors(lab_data, tmp_path, capsys):
+    assert cli_run(["lab", "report", "--results", str(tmp_path)]) == 2
+    assert "no results.csv" in capsys.readouterr().err
+    base = ["lab", "run", "--data", str(lab_data), "--out", str(tmp_path / "o"), "--preset", "tiny-random"]
+    assert cli_run([*base, "--subsets", "all,-colour"]) == 2
+    assert cli_run([*base, "--methods", "mmsr,nope"]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "run.json").write_text(json.dumps({"invariants": {"preset": "lite"}}))
+    assert cli_run([*base, "--methods", "bicubic", "--metrics", "psnr"]) == 2
+    assert "different run" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_rows(lab_data, tmp_path):
+    """Two CPU processes under ``accelerate launch``: every row once, written by both processes.
+
+    accelerate's ``--cpu`` launcher starts a single process unless MPI is set up, so the test uses
+    its torchrun launcher (``--multi_gpu``) with CUDA hidden: the processes join a gloo group.
+    """
+    out = tmp_path / "split"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
+        "-m", "mmsr", "lab", "run", "--data", str(lab_data), "--out", str(out), "--preset", "tiny-random",
+        "--methods", "mmsr,bicubic", "--steps", "1", "--seeds", "0,1", "--caption-kinds", "true",
+        "--metrics", "psnr,lr_psnr", "--no-report",
+    ]  # fmt: skip
+    env = os.environ | {
+        "CUDA_VISIBLE_DEVICES": "",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == len({r["id"] for r in rows}) == 2 * 2 * 2
+    assert {r["process"] for r in rows} == {"0", "1"}
+    assert not list((out / "shards").glob("*.csv"))
