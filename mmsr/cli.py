@@ -47,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strength", type=float, help="1 = denoise from pure noise (paper); <1 starts from the noised LR (default: preset's)")
     p.add_argument("--temperature", default="", help="per-modality tau in [0.4, 10], e.g. depth=0.5,seg=1,edges=2")
     p.add_argument("--refine", action="store_true", help="zero-modal refinement: maps from a first m_0-only pass")
     p.add_argument("--no-flat-guard", action="store_true", help="keep maps even when the input looks flat")
@@ -55,19 +56,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from .engine import Engine
-    from .imageio import ImageError, load_image, save_atomic
+    from .engine import MAX_LR_SIDE, Engine
+    from .errors import ResourceError
+    from .imageio import ImageError, check_size, load_image, output_format, save_atomic
     from .presets import PresetUnavailable
     from .settings import UpscaleSettings, parse_temperatures
 
     out = Path(args.output)
     try:
-        if out.resolve() == Path(args.input).resolve():
-            raise UserError("the output path is the input: refusing to overwrite an input")
-        if out.exists() and not args.overwrite:
-            raise UserError(f"{out} exists; pass --overwrite to replace it")
+        _check_output(out, Path(args.input), args.overwrite)
+        output_format(out)  # an unknown extension fails now, not after the diffusion
         lr, notes = load_image(args.input)
-        user_maps = {k: load_image(getattr(args, f"{k}_map"))[0] for k in MODALITIES if getattr(args, f"{k}_map")}
+        check_size(lr, MAX_LR_SIDE)  # before the (slow) model load
+        user_maps = {k: _load_map(getattr(args, f"{k}_map"), k) for k in MODALITIES if getattr(args, f"{k}_map")}
         settings = UpscaleSettings(
             caption=args.caption,
             negative_prompt=args.negative_prompt,
@@ -75,6 +76,7 @@ def main(args: argparse.Namespace) -> None:
             guidance=args.guidance,
             steps=args.steps,
             seed=args.seed,
+            strength=args.strength,
             modalities={k: not getattr(args, f"no_{k}") for k in MODALITIES},
             temperatures={**dict.fromkeys(MODALITIES, 1.0), **parse_temperatures(args.temperature)},
             auto_caption=not args.no_caption,
@@ -83,9 +85,14 @@ def main(args: argparse.Namespace) -> None:
         ).validated()
         engine = Engine.load(args.preset, checkpoint=args.checkpoint, device=args.device)
         result = engine.upscale(lr, settings, user_maps=user_maps)
-        save_atomic(result.image, out, overwrite=args.overwrite)
-    except (ImageError, ValueError, PresetUnavailable, FileExistsError) as e:
+    except (ImageError, ValueError, PresetUnavailable, ResourceError) as e:
         raise UserError(str(e)) from e
+    try:
+        save_atomic(result.image, out, overwrite=args.overwrite)
+    except FileExistsError as e:  # created by someone else during the run
+        raise UserError(str(e)) from e
+    except OSError as e:  # unwritable folder, full disk: save_atomic left no partial file
+        raise UserError(f"could not write {out}: {e.strerror or e}") from e
     for note in notes + result.warnings:
         print(f"note: {note}", file=sys.stderr)
     if args.json:
@@ -101,6 +108,24 @@ def main(args: argparse.Namespace) -> None:
             "warnings": notes + result.warnings,
         }
         print(json.dumps(report, indent=2))
+
+
+def _check_output(out: Path, source: Path, overwrite: bool) -> None:
+    """Never write over the input (also through a link), nor over an output without ``--overwrite``."""
+    same = out.resolve() == source.resolve() or (out.exists() and source.exists() and out.samefile(source))
+    if same:
+        raise UserError("the output path is the input: refusing to overwrite an input")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+
+
+def _load_map(path: Path, name: str):
+    from .imageio import ImageError, load_image
+
+    try:
+        return load_image(path)[0]
+    except ImageError as e:
+        raise UserError(f"--{name}-map: {e}") from e
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from .conditioning import MODALITIES
-from .imageio import check_size, pil_to_tensor, tensor_to_pil
+from .errors import is_out_of_memory, release_memory, resource_error
+from .imageio import check_map_shape, check_size, pil_to_tensor, tensor_to_pil
 from .modalities import EXTRACTORS, ExtractorCache, ModalityResult, extract_all
 from .pipeline import MMSRPipeline
 from .presets import get_preset, load_pipeline
@@ -101,7 +102,13 @@ class Engine:
         upscaled: bool = False,
         flat_guard: bool = True,
     ) -> dict[str, ModalityResult]:
-        """Spatial maps for ``image`` (cached); disabled or failed modalities come back absent."""
+        """Spatial maps for ``image`` (cached); disabled or failed modalities come back absent.
+
+        A user's map must have the aspect ratio of ``image`` (``ImageError`` otherwise): a stretched
+        map would condition the wrong pixels.
+        """
+        for name, user_map in (user_maps or {}).items():
+            check_map_shape(user_map, image, name)
         spatial = {k: self.extractors[k] for k in MODALITIES}
         return extract_all(
             image,
@@ -140,9 +147,24 @@ class Engine:
         user_maps: dict | None = None,
         callback: Callable[[int, int], None] | None = None,
     ) -> UpscaleResult:
-        """Super-resolve ``lr`` x4 with MMSR under ``settings`` (see :class:`UpscaleSettings`)."""
+        """Super-resolve ``lr`` x4 with MMSR under ``settings`` (see :class:`UpscaleSettings`).
+
+        Running out of memory raises :class:`mmsr.errors.ResourceError` (with what to change) after
+        the memory is released, so the engine keeps serving.
+        """
         settings = replace(settings).validated()
         check_size(lr, MAX_LR_SIDE)
+        try:
+            return self._upscale(lr, settings, user_maps, callback)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            error = resource_error(e, *lr.size, settings.steps or self.preset.default_steps)
+        # Outside the ``except``: the traceback that pins the failed run's tensors is gone by now.
+        release_memory()
+        raise error
+
+    def _upscale(self, lr, settings, user_maps, callback) -> UpscaleResult:
         notes: list[str] = []
         timings: dict[str, float] = {}
         caption = settings.caption
@@ -177,6 +199,7 @@ class Engine:
             cfg_mode=settings.cfg_mode,
             guidance_scale=settings.guidance,
             num_inference_steps=settings.steps or self.preset.default_steps,
+            strength=settings.strength or self.preset.default_strength,
             temperatures=settings.temperatures,
             generator=generator,
             callback=callback,

@@ -13,7 +13,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before decoding (PIL checks the header)
+MAX_FILE_BYTES = 64 * 2**20  # refuse before reading a huge file into memory
 MIN_SIDE = 8
+MAP_ASPECT_TOLERANCE = 0.1  # relative: a map at another scale, rounded or cropped by a few pixels, passes
 
 
 class ImageError(ValueError):
@@ -46,8 +48,11 @@ def _open(source, max_pixels: int) -> Image.Image:
         path = Path(source)
         if not path.is_file():
             raise ImageError(f"{path}: no such file")
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size == 0:
             raise ImageError(f"{path}: the file is empty")
+        if size > MAX_FILE_BYTES:
+            raise ImageError(f"{path}: the file is {size / 2**20:.0f} MiB; at most {MAX_FILE_BYTES // 2**20} MiB")
         data = path.read_bytes()
     if not data:
         raise ImageError("the file is empty")
@@ -99,6 +104,25 @@ def check_size(image: Image.Image, max_side: int) -> None:
         )
 
 
+def check_map_shape(user_map, image: Image.Image, name: str) -> None:
+    """A user's ``name`` map must have the aspect ratio of ``image``; ``ImageError`` says so otherwise."""
+    if not isinstance(user_map, Image.Image):
+        return
+    (w, h), (mw, mh) = image.size, user_map.size
+    if min(mw, mh) < 1 or abs((mw / mh) / (w / h) - 1) > MAP_ASPECT_TOLERANCE:
+        raise ImageError(
+            f"your {name} map is {mw}x{mh} but the input is {w}x{h}: a map must have the input's aspect ratio"
+        )
+
+
+def output_format(path: str | Path) -> str:
+    """The Pillow format for an output path's extension; ``ImageError`` for an unknown one."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ImageError(f"unknown output format {Path(path).suffix!r}; use .png, .jpg or .webp")
+    return fmt
+
+
 def downscale_to_fit(image: Image.Image, max_side: int) -> Image.Image:
     scale = max_side / max(image.size)
     if scale >= 1:
@@ -124,10 +148,8 @@ def save_atomic(image: Image.Image, path: str | Path, *, overwrite: bool = False
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    fmt = output_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise ImageError(f"unknown output format {path.suffix!r}; use .png, .jpg or .webp")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:

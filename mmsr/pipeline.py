@@ -153,10 +153,21 @@ class MMSRPipeline(DiffusionPipeline):
         latent = self.vae.encode(up.to(self.vae.device, self.vae.dtype) * 2 - 1).latent_dist.mode()
         return latent * self.vae.config.scaling_factor
 
-    def prepare_latents(self, lr_latent: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def prepare_latents(
+        self, lr_latent: torch.Tensor, generator: torch.Generator | None, start: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Pure noise, or (``start`` given, ``strength < 1``) the LR latent noised to timestep ``start``."""
         shape = (lr_latent.shape[0], self.unet.config.out_channels, *lr_latent.shape[-2:])
         noise = randn_tensor(shape, generator=generator, device=lr_latent.device, dtype=lr_latent.dtype)
-        return noise * self.scheduler.init_noise_sigma
+        if start is None:
+            return noise * self.scheduler.init_noise_sigma
+        return self.scheduler.add_noise(lr_latent, noise, start.reshape(1))
+
+    def get_timesteps(self, num_inference_steps: int, strength: float, device) -> torch.Tensor:
+        """The schedule's last ``strength`` fraction (at least one step): ``strength = 1`` is the full chain."""
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        return timesteps[min(len(timesteps) - 1, round(len(timesteps) * (1 - strength))) :]
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -174,13 +185,15 @@ class MMSRPipeline(DiffusionPipeline):
         overlap = default_overlap(tile, self.unet_factor) if tile else 0
         return tiled_apply(unet, x, tile, overlap, self.unet_factor)
 
-    def check_inputs(self, lr: torch.Tensor, guidance_scale: float, num_inference_steps: int) -> None:
+    def check_inputs(self, lr: torch.Tensor, guidance_scale: float, num_inference_steps: int, strength: float) -> None:
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise ValueError(f"LR image must be a (B, 3, h, w) tensor, got shape {tuple(lr.shape)}")
         if not 0 <= guidance_scale <= 30:
             raise ValueError(f"guidance must lie in [0, 30], got {guidance_scale}")
         if not 1 <= num_inference_steps <= 1000:
             raise ValueError(f"steps must lie in [1, 1000], got {num_inference_steps}")
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must lie in (0, 1], got {strength}")
 
     def temperature_tensor(self, temperatures: dict[str, float] | None) -> torch.Tensor | None:
         """``{"depth": 0.5, ...}`` -> ``(4,)`` tau per group (text last, 1 unless ``"text"`` is given)."""
@@ -208,6 +221,7 @@ class MMSRPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         callback: Callable[[int, int], None] | None = None,
         latent_tile: int | None = None,
+        strength: float = 1.0,
     ) -> MMSRPipelineOutput:
         """Args:
         lr: ``(B, 3, h, w)`` in [0, 1]. Output is ``(B, 3, 4h, 4w)``.
@@ -218,12 +232,15 @@ class MMSRPipeline(DiffusionPipeline):
         guidance_scale: ``w`` of eq. (4); 0 runs the positive branch only.
         temperatures: tau per modality in [0.4, 10] (eq. 5).
         callback: ``callback(step, total)`` after every denoising step (raise to cancel).
+        strength: 1 (the paper) denoises from pure noise; below 1 starts from the LR latent noised to that
+            fraction of the schedule and runs only that fraction of the steps (SDEdit-style; the lite
+            preset uses it, see ``Preset.default_strength``).
         latent_tile: denoise in overlapping latent tiles of this side (blended, seam-free); ``None`` =
             only when the latent exceeds ``tiling.AUTO_TILE_ABOVE``, ``0`` = never. Outputs above
             ``tiling.VAE_TILE_ABOVE`` pixels also go through the VAE in tiles.
         """
         # 1. Check inputs
-        self.check_inputs(lr, guidance_scale, num_inference_steps)
+        self.check_inputs(lr, guidance_scale, num_inference_steps, strength)
         negative = negative_branch(cfg_mode)
         taus = self.temperature_tensor(temperatures)
         device = self._execution_device
@@ -252,12 +269,11 @@ class MMSRPipeline(DiffusionPipeline):
         tile = resolve_tile(*latent_hw, latent_tile, self.unet_factor)
         with timer("vae_encode"), vae_tiling(self.vae, output_side):
             lr_latent = self.encode_lr(lr_padded).to(self.unet.dtype)
-        latents = self.prepare_latents(lr_latent, generator)
+        timesteps = self.get_timesteps(num_inference_steps, strength, device)
+        latents = self.prepare_latents(lr_latent, generator, timesteps[0] if strength < 1 else None)
         lr_latent_in = torch.cat([lr_latent] * 2) if do_cfg else lr_latent
 
         # 4. Denoise (positive and negative branches in one batched UNet call; large latents in tiles)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
         with timer("unet"):
             for i, t in enumerate(self.progress_bar(timesteps)):
                 x = torch.cat([latents] * 2) if do_cfg else latents

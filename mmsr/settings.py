@@ -34,6 +34,7 @@ class UpscaleSettings:
     cfg_mode: str = "m-cfg"
     guidance: float = 4.0
     steps: int | None = None
+    strength: float | None = None
     seed: int = 0
     modalities: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(MODALITIES, True))
     temperatures: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MODALITIES, 1.0))
@@ -48,6 +49,8 @@ class UpscaleSettings:
         if self.steps is not None:
             _check_range("steps", self.steps, STEPS_RANGE, integer=True)
         _check_range("seed", self.seed, SEED_RANGE, integer=True)
+        if self.strength is not None:
+            _check_range("strength", self.strength, (0.05, 1.0))
         for name in (*self.modalities, *self.temperatures):
             if name not in MODALITIES:
                 raise ValueError(f"unknown modality {name!r}; expected one of {', '.join(MODALITIES)}")

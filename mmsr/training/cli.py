@@ -1,0 +1,176 @@
+"""``python -m mmsr train``: train one stage of a preset (``vae``, ``vq``, ``unet``) under accelerate.
+
+Examples::
+
+    python -m mmsr train --preset lite --stage vae --data ../shared/data --out runs/vae --minutes 12
+    python -m mmsr train --preset lite --stage vq --data ../shared/data --out runs/vq --minutes 5
+    python -m mmsr train --preset lite --stage unet --init runs/vae --init runs/vq --out runs/lite --minutes 30
+    accelerate launch -m mmsr train --preset full --stage unet ...   # many GPUs, same command
+
+``--evaluate`` scores checkpoints instead of training (see :mod:`mmsr.training.evaluate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+STAGES = ("vae", "vq", "unet")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="lite", choices=("tiny-random", "lite", "full"))
+    p.add_argument("--stage", default="unet", choices=STAGES)
+    p.add_argument("--text-only", action="store_true", help="unet stage: every modality is m_0 (the text-only twin)")
+    p.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder with train/, seg/, captions.json")
+    p.add_argument("--out", type=Path, required=False, help="output folder (state/, log.jsonl, loss.png, weights)")
+    p.add_argument("--init", type=Path, action="append", default=[], help="folder with vae/ or vqmodel/ of a stage")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="wall-clock budget of this invocation")
+    budget.add_argument("--max-steps", type=int, help="total optimizer steps (counts resumed steps)")
+    p.add_argument("--batch-size", type=int, default=16, help="per process")
+    p.add_argument("--crop", type=int, default=128, help="HR crop side (pixels)")
+    p.add_argument("--max-side", type=int, default=512, help="downscale training photos to this long side first")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/state")
+    p.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--adv-start", type=int, default=300, help="vae stage: step that switches the PatchGAN loss on")
+    p.add_argument("--no-ema", action="store_true", help="unet stage: save the raw weights, not the EMA")
+    p.add_argument("--cache", type=Path, help="unet stage: latent/token cache file (built when missing)")
+    p.add_argument("--lr-variants", type=int, default=2, help="unet stage: degraded LR versions per photo in the cache")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--fp16-weights", action="store_true", help="store the saved weights in float16 (smaller repo)")
+    p.add_argument("--evaluate", action="store_true", help="score checkpoints instead (see mmsr.training.evaluate)")
+    p.add_argument("--sets", default="set5,set14", help="--evaluate: comma-separated eval sets")
+    p.add_argument("--limit", type=int, help="--evaluate: at most this many images per set")
+    p.add_argument("--methods", default="", help="--evaluate: comma-separated subset of the methods")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mmsr train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return parser
+
+
+def build_stage(args: argparse.Namespace):
+    """The stage object :func:`mmsr.training.loop.train` runs."""
+    from ..presets import build_components
+    from .data import ImageBank
+
+    components = build_components(args.preset, seed=args.seed)
+    load_init(components, args.init)
+    bank = ImageBank(args.data, min_side=args.crop, max_side=args.max_side)
+    if args.stage == "vae":
+        from .autoencoder import VAEStage
+
+        stage = VAEStage(components, bank, args.crop, adv_start=args.adv_start)
+    elif args.stage == "vq":
+        from .autoencoder import VQStage
+
+        stage = VQStage(components, bank, args.crop)
+    else:
+        from .diffusion import UNetStage
+
+        if args.preset == "full":
+            from ..presets import init_full_unet
+
+            components["unet"] = init_full_unet()
+        stage = UNetStage(
+            components,
+            bank,
+            crop=args.crop,
+            text_only=args.text_only,
+            cache=args.cache,
+            lr_variants=args.lr_variants,
+            seed=args.seed,
+            ema=not args.no_ema,
+            fp16_weights=args.fp16_weights,
+        )
+    if args.gradient_checkpointing:
+        for module in stage.model.modules():
+            if hasattr(module, "enable_gradient_checkpointing") and getattr(
+                module, "_supports_gradient_checkpointing", False
+            ):
+                module.enable_gradient_checkpointing()
+    return stage
+
+
+def load_init(components: dict, folders: list[Path]) -> None:
+    """Replace ``vae`` / ``vqmodel`` with trained ones from earlier stages' output folders."""
+    from diffusers import VQModel
+
+    from ..presets import autoencoder_class
+
+    for folder in folders:
+        if (folder / "vae").is_dir():
+            components["vae"] = autoencoder_class(folder / "vae").from_pretrained(folder / "vae", torch_dtype=_f32())
+        if (folder / "vqmodel").is_dir():
+            components["vqmodel"] = VQModel.from_pretrained(folder / "vqmodel", torch_dtype=_f32())
+        if (folder / "unet").is_dir():
+            warm_start(components, folder)
+        if not any((folder / sub).is_dir() for sub in ("vae", "vqmodel", "unet")):
+            raise ValueError(f"--init {folder}: no vae/, vqmodel/ or unet/ inside")
+
+
+def warm_start(components: dict, folder: Path) -> None:
+    """Start unet/connector/m_0 from a saved pipeline; UNet weights load where names and shapes match
+    (e.g. a run whose UNet had attention at one more level)."""
+    from diffusers import UNet2DConditionModel
+
+    from ..conditioning import ConditionEmbedding
+    from ..connector import MMLConnector
+
+    target = components["unet"].state_dict()
+    source = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=_f32()).state_dict()
+    matched = {k: v for k, v in source.items() if k in target and v.shape == target[k].shape}
+    components["unet"].load_state_dict(matched, strict=False)
+    print(f"warm start: {len(matched)}/{len(target)} UNet tensors from {folder / 'unet'}")
+    for name, cls in (("connector", MMLConnector), ("condition_embedding", ConditionEmbedding)):
+        components[name] = cls.from_pretrained(folder / name, torch_dtype=_f32())
+
+
+def _f32():
+    import torch
+
+    return torch.float32
+
+
+def main(args: argparse.Namespace) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from ..cli import UserError
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.evaluate:
+        from .evaluate import main as evaluate_main
+
+        evaluate_main(args)
+        return
+    if args.out is None:
+        raise UserError("--out is required for training")
+    if args.minutes is None and args.max_steps is None:
+        raise UserError("give a budget: --minutes M or --max-steps N")
+    from .loop import LoopConfig, train
+
+    try:
+        stage = build_stage(args)
+    except ValueError as e:
+        raise UserError(str(e)) from e
+    cfg = LoopConfig(
+        out=args.out,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_steps=args.max_steps,
+        minutes=args.minutes,
+        seed=args.seed,
+        mixed_precision=args.mixed_precision,
+        grad_accum=args.grad_accum,
+        resume=args.resume,
+    )
+    train(stage, cfg)

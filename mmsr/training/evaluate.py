@@ -1,0 +1,178 @@
+"""``python -m mmsr train --evaluate``: score the lite checkpoints next to the baselines.
+
+Methods: ``bicubic``, ``realesrgan`` (x4plus), ``twin`` (the text-only twin checkpoint, every
+modality ``m_0``), ``mmsr_m0`` (lite MMSR, every modality ``m_0``), ``mmsr`` (lite MMSR with maps
+from the engine: Canny edges of the bicubic-upsampled LR, the set's VOC label map from
+``DATA/seg/eval`` as the user segmentation map, depth ``m_0``). Captions come from
+``captions.json``. Sets with ground truth use ``eval_lr/<set>/{bicubic_x4,degraded_x4}``;
+``realset65`` uses its own images as LR (those longer than 256 px are first downscaled, bicubic)
+and gets no-reference scores only. Scores follow ``../shared/tools/sr_eval.py`` (``mmsr.metrics``).
+
+SR images are written to ``OUT/<set>/<kind>/<method>/<stem>.png`` and reused when present, so
+several processes (one per method) can share the work and a rerun only scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+METHODS = ("bicubic", "realesrgan", "twin", "mmsr_m0", "mmsr")
+METRIC_NAMES = ("psnr", "ssim", "niqe", "piqe", "lr_psnr")
+REAL_MAX_SIDE = 256
+
+
+def eval_inputs(data: Path, set_name: str, limit: int | None) -> list[tuple[str, str, Path, Path | None]]:
+    """``(kind, stem, lr_path, hr_path)`` for every image of a set (first ``limit`` per kind)."""
+    if set_name == "realset65":
+        files = sorted((data / "eval" / "realset65").iterdir())[:limit]
+        return [("real", p.stem, p, None) for p in files]
+    out = []
+    for kind in ("bicubic_x4", "degraded_x4"):
+        files = sorted((data / "eval_lr" / set_name / kind).iterdir())[:limit]
+        out += [(kind, p.stem, p, data / "eval" / set_name / f"{p.stem}.png") for p in files]
+    return out
+
+
+def load_lr(path: Path, real: bool) -> Image.Image:
+    image = Image.open(path).convert("RGB")
+    if real and max(image.size) > REAL_MAX_SIDE:
+        s = REAL_MAX_SIDE / max(image.size)
+        image = image.resize((round(image.width * s), round(image.height * s)), Image.BICUBIC)
+    return image
+
+
+class Runner:
+    """Makes the SR image of one method; models load on first use."""
+
+    def __init__(self, data: Path, checkpoints: Path):
+        self.data, self.checkpoints = data, checkpoints
+        self.captions = json.loads((data / "captions.json").read_text())
+        self._models: dict[str, object] = {}
+
+    def _engine(self, name: str):
+        if name not in self._models:
+            from ..engine import Engine
+
+            self._models[name] = Engine.load("lite", checkpoint=self.checkpoints / name, device="cpu")
+        return self._models[name]
+
+    def _baseline(self, name: str):
+        if name not in self._models:
+            from baselines import get_baseline
+
+            self._models[name] = get_baseline(name)
+        return self._models[name]
+
+    def seg_map(self, set_name: str, stem: str, size: tuple[int, int]) -> Image.Image | None:
+        from ..modalities.palette import render_label_map
+
+        path = self.data / "seg" / "eval" / set_name / f"{stem}.png"
+        if not path.is_file():
+            return None
+        return render_label_map(np.asarray(Image.open(path)))
+
+    def __call__(self, method: str, lr: Image.Image, set_name: str, stem: str) -> Image.Image:
+        from ..settings import UpscaleSettings
+
+        if method in ("bicubic", "realesrgan"):
+            return self._baseline(method)(lr)
+        caption = self.captions.get(f"eval/{set_name}/{stem}.png", "")
+        settings = UpscaleSettings(caption=caption, auto_caption=False, seed=0)
+        if method == "twin":
+            return self._engine("lite-text-only").text_only(lr, settings).image
+        engine = self._engine("lite")
+        if method == "mmsr_m0":
+            return engine.text_only(lr, settings).image
+        seg = self.seg_map(set_name, stem, lr.size)
+        return engine.upscale(lr, settings, user_maps={"seg": seg} if seg is not None else None).image
+
+
+def run(data: Path, out: Path, checkpoints: Path, sets: list[str], methods: list[str], limit: int | None) -> dict:
+    """Make (or reuse) every SR image and score it; returns ``{set: {kind: {method: {metric: mean}}}}``."""
+    from ..metrics import Scorer
+
+    runner, scorer = Runner(data, checkpoints), Scorer(names=list(METRIC_NAMES))
+    results: dict = {}
+    for set_name in sets:
+        for kind, stem, lr_path, hr_path in eval_inputs(data, set_name, limit):
+            lr = load_lr(lr_path, kind == "real")
+            hr = None if hr_path is None else Image.open(hr_path).convert("RGB")
+            for method in methods:
+                path = out / set_name / kind / method / f"{stem}.png"
+                if path.is_file():
+                    sr = Image.open(path).convert("RGB")
+                else:
+                    sr = runner(method, lr, set_name, stem)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    sr.save(path)
+                scores = scorer.score(sr, lr=lr, hr=hr)
+                row = results.setdefault(set_name, {}).setdefault(kind, {}).setdefault(method, {})
+                for name, score in scores.items():
+                    if score.available:
+                        row.setdefault(name, []).append(score.value)
+                print(
+                    f"{set_name}/{kind}/{method}/{stem}: "
+                    + " ".join(f"{k}={v.value:.3f}" for k, v in scores.items() if v.available),
+                    flush=True,
+                )
+    return {
+        s: {
+            k: {m: {n: (float(np.mean(v)), len(v)) for n, v in row.items()} for m, row in ms.items()}
+            for k, ms in ks.items()
+        }
+        for s, ks in results.items()
+    }
+
+
+def markdown(table: dict) -> str:
+    lines = []
+    for set_name, kinds in table.items():
+        for kind, methods in kinds.items():
+            names = [n for n in METRIC_NAMES if any(n in row for row in methods.values())]
+            count = max(c for row in methods.values() for _, c in row.values())
+            lines += [
+                f"**{set_name}, {kind}** ({count} images)",
+                "",
+                "| method | " + " | ".join(names) + " |",
+                "|---" * (len(names) + 1) + "|",
+            ]
+            for method, row in methods.items():
+                cells = [f"{row[n][0]:.3f}" if n in row else "-" for n in names]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> None:
+    out = args.out or Path("runs/eval")
+    methods = [m for m in (args.methods.split(",") if args.methods else METHODS) if m]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    from ..presets import CHECKPOINTS
+
+    table = run(args.data, out, CHECKPOINTS, [s for s in args.sets.split(",") if s], methods, args.limit)
+    # One file per method subset, so processes splitting the methods never overwrite each other.
+    stem = "results" if args.methods == "" else "results-" + "-".join(methods)
+    (out / f"{stem}.json").write_text(json.dumps(table, indent=2))
+    (out / f"{stem}.md").write_text(markdown(table))
+    print(markdown(table))
+
+
+def merge(files: list[Path]) -> dict:
+    """Merge tables written by processes that each ran some methods."""
+    table: dict = {}
+    for f in files:
+        for s, kinds in json.loads(f.read_text()).items():
+            for k, methods in kinds.items():
+                table.setdefault(s, {}).setdefault(k, {}).update(methods)
+    order = {m: i for i, m in enumerate(METHODS)}
+    return {
+        s: {k: dict(sorted(ms.items(), key=lambda kv: order.get(kv[0], 99))) for k, ms in ks.items()}
+        for s, ks in table.items()
+    }

@@ -1,0 +1,469 @@
+"""The Gradio demo: handlers called directly on tiny-random, and the API through gradio_client."""
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+import app
+from baselines import get_baseline
+from mmsr.compare import TEXT_ONLY, checkpoint_digest, pixel_sha256
+from mmsr.conditioning import MODALITIES
+from mmsr.engine import Engine
+from mmsr.metrics import Scorer
+from mmsr.modalities import EXTRACTORS, BackendUnavailable, ModalityExtractor
+from mmsr.settings import UpscaleSettings
+
+SIZE = (40, 28)  # small LR: tiny-random runs in seconds on two CPU cores
+METRICS = ["lr_psnr", "piqe", "psnr", "musiq"]  # cheap, one needing an HR, one needing weights
+CAPTION = "a tabby cat lying on a wooden floor"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_pipe):
+    return Engine(tiny_pipe, "tiny-random")
+
+
+@pytest.fixture(scope="module")
+def demo(engine):
+    return app.build_demo(engine, Scorer(METRICS), {"bicubic": get_baseline("bicubic")})
+
+
+@pytest.fixture(scope="module")
+def lab(demo):
+    return demo.lab
+
+
+@pytest.fixture(scope="module")
+def lr_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inputs") / "cat.png"
+    Image.open(app.EXAMPLES / "chelsea.png").convert("RGB").resize(SIZE, Image.BICUBIC).save(path)
+    return str(path)
+
+
+def run(lab, image, **kw):
+    """``Lab.run`` with the UI defaults, overridable by keyword."""
+    args = dict(
+        image=image,
+        caption=CAPTION,
+        negative="",
+        cfg_mode="m-cfg",
+        guidance=4.0,
+        steps=2,
+        seed=7,
+        baseline="bicubic",
+        hr=None,
+        downscale=True,
+        refine=False,
+    )
+    for name in MODALITIES:
+        args |= {f"{name}_on": True, f"{name}_tau": 1.0, f"{name}_map": None}
+    return lab.run(**(args | kw))
+
+
+@pytest.fixture(scope="module")
+def result(lab, lr_path):
+    return run(lab, lr_path)
+
+
+def output(result, name):
+    names = ["slider", "gallery", "heat_mmsr", "heat_base", "scores", "timings", "caption"]
+    names += [f"{k}_{part}" for k in MODALITIES for part in ("preview", "source")]
+    names += ["dl_mmsr", "dl_base", "dl_json", "notes"]
+    assert len(result) == len(names)
+    return result[names.index(name)]
+
+
+def test_examples_ship_with_captions():
+    captions = json.loads((app.EXAMPLES / "examples.json").read_text())
+    assert len(captions) >= 5
+    for name, caption in captions.items():
+        image = Image.open(app.EXAMPLES / name)
+        assert max(image.size) == 128 and caption.strip()
+        assert (app.EXAMPLES / name).stat().st_size < 64_000
+    assert Image.open(app.EXAMPLES / "camera.png").mode == "L"  # an odd mode among the examples
+
+
+def test_every_event_has_an_api_name(demo):
+    events = {fn.api_name: fn for fn in demo.fns.values() if fn.fn is not None}
+    assert {"prepare", "auto_caption", "recaption", "run", "stop", "random_seed", "import_settings"} <= set(events)
+    assert "unnamed" not in events
+    assert all(events[name].concurrency_id == "gpu" for name in ("prepare", "auto_caption", "recaption", "run"))
+    assert events["stop"].concurrency_limit is None  # never queued behind the run it stops
+
+
+def test_status_names_every_component_and_why_not(lab):
+    line, table = lab.status()
+    assert "tiny-random" in line and "random weights" in line
+    for name in EXTRACTORS:
+        assert f"| extractor | {name} |" in table
+    for label in ("Text-only MMSR", "Bicubic", "LR-consistency (dB)", "MUSIQ"):
+        assert label in table
+    musiq = next(row for row in lab.components if row[1] == "MUSIQ")
+    assert not musiq[2] and "missing" in musiq[3]
+    assert lab.baseline_choices()[0][1] == TEXT_ONLY
+
+
+def test_checkpoint_hashes_are_computed_once_and_shown(engine, tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "vae.safetensors").write_bytes(b"other weights")
+    (tmp_path / "notes.txt").write_text("not hashed")
+    lab = app.Lab(engine, checkpoint=tmp_path)
+    assert set(lab.hashes) == {"unet/model.safetensors", "vae.safetensors"}
+    assert lab.hashes["vae.safetensors"] == hashlib.sha256(b"other weights").hexdigest()
+    assert f"checkpoint `{checkpoint_digest(lab.hashes)[:12]}…` (2 safetensors files)" in lab.status()[0]
+
+
+def test_status_shows_the_fallback_notice(engine):
+    lab = app.Lab(engine, notice="No lite checkpoint: running tiny-random")
+    assert lab.status()[0].startswith("⚠ **No lite checkpoint")
+
+
+def _write(path: Path, data) -> str:
+    if isinstance(data, bytes):
+        path.write_bytes(data)
+    else:
+        data.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"this is not an image", "not an image"),
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not an image|could not decode"),
+        (Image.new("RGB", (4, 4)), "too small"),
+    ],
+)
+def test_bad_inputs_give_a_clear_error(lab, tmp_path, data, match):
+    with pytest.raises(gr.Error, match=match):
+        lab.load_lr(_write(tmp_path / "bad.png", data))
+
+
+def test_missing_input_gives_a_clear_error(lab):
+    with pytest.raises(gr.Error, match="Upload an image"):
+        run(lab, None)
+
+
+def test_large_inputs_are_downscaled_with_a_warning_or_refused(lab, tmp_path):
+    path = _write(tmp_path / "big.png", Image.new("RGB", (lab.max_side * 3, lab.max_side)))
+    with pytest.warns(UserWarning, match="downscaled"):
+        lr = lab.load_lr(path, downscale=True)
+    assert max(lr.size) == lab.max_side
+    with pytest.raises(gr.Error, match="at most"):
+        lab.load_lr(path, downscale=False)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])
+def test_odd_modes_become_rgb(lab, tmp_path, mode):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8))
+    image = image.convert(mode) if mode != "I;16" else image.convert("L").convert("I;16")
+    fmt = "tiff" if mode == "CMYK" else "png"
+    lr = lab.load_lr(_write(tmp_path / f"odd.{fmt}", image))
+    assert lr.mode == "RGB" and lr.size == (32, 24)
+
+
+def test_prepare_fills_the_context_cards(lab, lr_path):
+    out = lab.prepare(lr_path, True, True, True, True, None, None, None)
+    cards = dict(zip(MODALITIES, zip(out[0::2], out[1::2], strict=False), strict=False))
+    assert cards["edges"][0].size == (256, 256) and "canny" in cards["edges"][1]
+    assert cards["depth"][0] is None and cards["depth"][1].startswith("**m₀**:")
+    assert out[-1] == f"input {SIZE[0]}x{SIZE[1]} → output {4 * SIZE[0]}x{4 * SIZE[1]}"
+    assert lab.prepare(None, True, True, True, True, None, None, None)[-1] == ""
+
+
+def test_switch_off_shows_m0(lab, lr_path):
+    out = lab.prepare(lr_path, True, True, True, False, None, None, None)
+    assert out[5] == "**m₀**: switched off"
+
+
+def test_run_returns_both_outputs_scores_and_downloads(result):
+    mmsr, baseline = output(result, "slider")
+    assert mmsr.size == baseline.size == (4 * SIZE[0], 4 * SIZE[1])
+    assert [c for _, c in output(result, "gallery")] == ["LR input (nearest)", "Bicubic", "Bicubic", "MMSR"]
+    assert output(result, "heat_mmsr").size == mmsr.size
+    scores = output(result, "scores")
+    assert list(scores.columns) == ["metric", "better", "MMSR", "bicubic", "note"]
+    rows = {r.metric: r for r in scores.itertuples()}
+    assert float(rows["LR-consistency (dB)"].MMSR) > 0 and rows["LR-consistency (dB)"].better == "↑"
+    assert rows["PIQE"].better == "↓" and float(rows["PIQE"].bicubic) >= 0
+    assert rows["PSNR (dB)"].MMSR == "—" and "no HR reference" in rows["PSNR (dB)"].note
+    assert "missing" in rows["MUSIQ"].note
+    timings = output(result, "timings")
+    assert {"mmsr/unet", "baseline", "scores"} <= set(timings.stage)
+    assert Image.open(output(result, "dl_mmsr")).size == mmsr.size
+    assert Image.open(output(result, "dl_base")).format == "PNG"
+
+
+def test_exported_settings_hold_everything_needed(result, lab):
+    record = json.loads(Path(output(result, "dl_json")).read_text())
+    assert record["preset"] == "tiny-random" and record["checkpoint"]["sha256"] == lab.hashes
+    assert record["settings"]["seed"] == 7 and record["settings"]["caption"] == CAPTION
+    assert record["settings"]["steps"] == 2 and record["baseline"] == "bicubic"
+    assert record["modalities"]["edges"] == "canny" and record["modalities"]["depth"].startswith("m_0")
+    assert record["output"]["sha256"] == pixel_sha256(output(result, "slider")[0])
+
+
+def test_import_then_run_reproduces_the_output(lab, lr_path, result):
+    values = lab.import_settings(output(result, "dl_json"), lr_path)
+    names = ["caption", "negative", "cfg_mode", "guidance", "steps", "seed", "baseline"]
+    names += [f"{k}_on" for k in MODALITIES] + [f"{k}_tau" for k in MODALITIES] + ["refine", "note"]
+    imported = dict(zip(names, values, strict=True))
+    assert imported["seed"] == 7 and imported["caption"] == CAPTION and "match" in imported.pop("note")
+    again = run(lab, lr_path, **imported)
+    assert pixel_sha256(output(again, "slider")[0]) == pixel_sha256(output(result, "slider")[0])
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [("{not json", "could not import"), ('{"format": "other"}', "not an MMSR Lab run record")],
+)
+def test_import_rejects_other_files(lab, tmp_path, text, match):
+    path = tmp_path / "run.json"
+    path.write_text(text)
+    with pytest.raises(gr.Error, match=match):
+        lab.import_settings(str(path))
+
+
+def test_import_rejects_out_of_range_settings(lab, tmp_path, result):
+    record = json.loads(Path(output(result, "dl_json")).read_text())
+    record["settings"]["temperatures"]["depth"] = 50
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(gr.Error, match="temperature of depth"):
+        lab.import_settings(str(path))
+
+
+def test_import_warns_about_another_preset_or_input(lab, tmp_path, result):
+    record = json.loads(Path(output(result, "dl_json")).read_text()) | {"preset": "lite"}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(record))
+    with pytest.warns(UserWarning, match="preset 'lite'"):
+        lab.import_settings(str(path))
+    other = _write(tmp_path / "other.png", Image.new("RGB", SIZE, "red"))
+    with pytest.warns(UserWarning, match="input differs"):
+        note = lab.import_settings(output(result, "dl_json"), other)[-1]
+    assert "input differs" in note
+
+
+def test_text_only_baseline_uses_the_same_seed_and_settings(lab, engine, lr_path):
+    out = run(lab, lr_path, baseline=TEXT_ONLY, seed=3, guidance=2.0)
+    settings = UpscaleSettings(caption=CAPTION, guidance=2.0, steps=2, seed=3)
+    expected = engine.text_only(lab.load_lr(lr_path), settings).image
+    assert pixel_sha256(output(out, "slider")[1]) == pixel_sha256(expected)
+
+
+def test_editing_the_caption_reruns_only_the_diffusion(lab, lr_path, result):
+    out = run(lab, lr_path, caption="a cat on a floor", depth_tau=0.5)
+    timings = output(out, "timings")
+    assert timings.set_index("stage").loc["mmsr/extract_edges", "note"] == "cache hit"
+    assert "source: **canny**" in output(out, "edges_source") and "cached" in output(out, "edges_source")
+
+
+def test_empty_caption_without_a_captioner_warns_and_runs(lab, lr_path):
+    with pytest.warns(UserWarning, match="no caption"):
+        out = run(lab, lr_path, caption="")
+    assert output(out, "caption") == "" and output(out, "slider")[0] is not None
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"depth_tau": 20.0}, "temperature of depth"),
+        ({"baseline": "nope"}, "unknown baseline"),
+        ({"cfg_mode": "xx"}, "cfg mode"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_bad_settings_give_a_clear_error(lab, lr_path, kw, match):
+    with pytest.raises(gr.Error, match=match):
+        run(lab, lr_path, **kw)
+
+
+class FailingDepth(ModalityExtractor):
+    name = "depth"
+
+    def backends(self, image, user_map, upscaled):
+        def boom():
+            raise RuntimeError("CUDA out of memory")
+
+        def offline():
+            raise BackendUnavailable("no depth model here")
+
+        return [("broken-model", boom), ("other", offline)]
+
+
+def test_a_failing_extractor_falls_back_to_m0_with_the_reason(tiny_pipe, lr_path):
+    extractors = {k: cls() for k, cls in EXTRACTORS.items()} | {"depth": FailingDepth()}
+    engine = Engine(tiny_pipe, "tiny-random", extractors=extractors)
+    lab = app.Lab(engine, baselines={"bicubic": get_baseline("bicubic")})
+    assert "CUDA out of memory" in lab.status()[1]
+    out = run(lab, lr_path, baseline="bicubic")
+    assert output(out, "depth_preview") is None
+    assert "broken-model failed: RuntimeError: CUDA out of memory" in output(out, "depth_source")
+
+
+def test_own_map_is_used_and_recorded(lab, lr_path, tmp_path):
+    depth = Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1)))
+    path = _write(tmp_path / "depth.png", depth)
+    out = lab.prepare(lr_path, True, True, True, True, path, None, None)
+    assert "source: **user**" in out[1]
+    result = run(lab, lr_path, depth_map=path)
+    record_path = output(result, "dl_json")
+    assert json.loads(Path(record_path).read_text())["modalities"]["depth"] == "user"
+    with pytest.warns(UserWarning, match="upload them again"):
+        lab.import_settings(record_path)
+
+
+def test_stop_cancels_the_running_diffusion(lab, lr_path):
+    request = SimpleNamespace(session_hash="session-1")
+
+    def progress(*args, **kwargs):  # the Stop button pressed during the first step
+        lab.stop(request)
+
+    with pytest.raises(gr.Error, match="Stopped"):
+        run(lab, lr_path, request=request, progress=progress)
+    assert output(run(lab, lr_path, request=request), "slider")[0] is not None  # the next run is not stopped
+
+
+def test_random_seed_is_in_range():
+    assert all(0 <= app.Lab.random_seed() < 2**32 for _ in range(20))
+
+
+def test_gpu_decorator_is_a_no_op_off_zerogpu():
+    def work():
+        return 1
+
+    assert app.GPU(work) is work and app.GPU(duration=60)(work) is work
+
+
+def test_preset_falls_back_to_tiny_random_without_a_lite_checkpoint(monkeypatch, tmp_path):
+    monkeypatch.delenv("MMSR_PRESET", raising=False)
+    monkeypatch.setenv("MMSR_CHECKPOINT", str(tmp_path / "missing"))
+    preset, notice = app._preset_and_notice()
+    assert preset == "tiny-random" and "No lite checkpoint" in notice
+    monkeypatch.setenv("MMSR_PRESET", "tiny-random")
+    assert app._preset_and_notice() == ("tiny-random", "")
+
+
+def test_an_unusable_preset_falls_back_with_a_notice(monkeypatch, tmp_path):
+    monkeypatch.setenv("MMSR_PRESET", "lite")
+    monkeypatch.setenv("MMSR_CHECKPOINT", str(tmp_path / "missing"))
+    engine, checkpoint, notice = app.load_engine()
+    assert engine.preset.name == "tiny-random" and checkpoint is None
+    assert "Preset 'lite' is unavailable" in notice and "lite checkpoint incomplete" in notice
+
+
+@pytest.mark.slow
+def test_python_app_py_starts_offline_and_serves(tmp_path):
+    port = free_port()
+    env = os.environ | {
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "HF_HUB_OFFLINE": "1",
+        "MMSR_CHECKPOINT": str(tmp_path / "no-checkpoint"),
+    }
+    env.pop("MMSR_PRESET", None)
+    log = tmp_path / "app.log"
+    start = time.monotonic()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=app.ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        config = None
+        while config is None and time.monotonic() - start < 300 and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as response:
+                    config = json.loads(response.read())
+            except OSError:
+                time.sleep(0.5)
+        assert config is not None, log.read_text()[-3000:]  # under a minute on an idle 2-core machine
+        assert config["max_file_size"] == 20 * 1024**2
+        text = json.dumps(config)
+        assert "No lite checkpoint" in text and "tiny-random" in text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# -- the API through gradio_client, against the app served on 127.0.0.1 -----------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(demo):
+    demo.queue(default_concurrency_limit=1, max_size=8)
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        **app.launch_options(),
+    )
+    yield url
+    demo.close()
+
+
+@pytest.mark.slow
+def test_client_calls_the_run_endpoint(served, lr_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(served, verbose=False)
+    out = client.predict(
+        image=handle_file(lr_path),
+        caption=CAPTION,
+        baseline="bicubic",
+        steps=2,
+        depth_map=None,
+        seg_map=None,
+        edges_map=None,
+        hr=None,
+        api_name="/run",
+    )
+    mmsr, baseline = out[0]
+    assert Image.open(mmsr).size == Image.open(baseline).size == (4 * SIZE[0], 4 * SIZE[1])
+    assert Image.open(mmsr).format == "PNG"  # lossless
+    scores = {row[0]: row for row in out[4]["data"]}
+    assert out[4]["headers"][:4] == ["metric", "better", "MMSR", "bicubic"]
+    assert float(scores["LR-consistency (dB)"][2]) > 0
+    record = json.loads(Path(out[-2]).read_text())
+    assert record["settings"]["caption"] == CAPTION
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, data, match",
+    [("garbage.png", b"not an image", "not an image file"), ("huge.png", None, "decompression bomb")],
+)
+def test_client_gets_a_clear_error_for_undecodable_uploads(served, lr_path, tmp_path, name, data, match):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    path = tmp_path / name
+    if data is None:
+        Image.new("1", (20_000, 20_000)).save(path)  # 400 Mpx in a 50 kB file
+    else:
+        path.write_bytes(data)
+    client = Client(served, verbose=False)
+    maps = {"depth_map": None, "seg_map": None, "edges_map": None}
+    with pytest.raises(AppError, match=match):
+        client.predict(image=handle_file(str(path)), **maps, api_name="/prepare")
+    out = client.predict(image=handle_file(lr_path), **maps, api_name="/prepare")  # the app lives on
+    assert out[-1].startswith("input 40x28")

@@ -1,0 +1,202 @@
+"""Training on tiny-random components and a tiny temporary dataset (skimage photos; no shared data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmsr.training.cli import build_parser
+from mmsr.training.data import ImageBank
+from mmsr.training.loop import LoopConfig, read_log, train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """Three photos (one with a VOC label map) and a captions.json, laid out like ../shared/data."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("data")
+    (root / "train" / "set").mkdir(parents=True)
+    (root / "seg" / "train" / "set").mkdir(parents=True)
+    captions = {}
+    for name, image in (("astronaut", data.astronaut()), ("coffee", data.coffee()), ("chelsea", data.chelsea())):
+        Image.fromarray(image).resize((96, 80), Image.BICUBIC).save(root / "train" / "set" / f"{name}.png")
+        captions[f"train/set/{name}.png"] = f"a photo of {name}"
+    seg = np.zeros((80, 96), np.uint8)
+    seg[20:60, 30:70] = 15  # person
+    Image.fromarray(seg).save(root / "seg" / "train" / "set" / "astronaut.png")
+    (root / "captions.json").write_text(json.dumps(captions))
+    return root
+
+
+def _args(tiny_data: Path, out: Path, *extra: str):
+    return build_parser().parse_args(
+        [
+            "--preset",
+            "tiny-random",
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(out),
+            "--crop",
+            "64",
+            "--batch-size",
+            "4",
+            *extra,
+        ]
+    )
+
+
+def _stage(tiny_data, out, *extra):
+    from mmsr.training.cli import build_stage
+
+    return build_stage(_args(tiny_data, out, *extra))
+
+
+def test_image_bank_keeps_photos_labels_and_captions(tiny_data):
+    bank = ImageBank(tiny_data, min_side=64)
+    assert len(bank) == 3
+    by_key = {s.key: s for s in bank.samples}
+    assert by_key["train/set/astronaut.png"].seg.shape == (80, 96)
+    assert by_key["train/set/coffee.png"].seg is None
+    assert by_key["train/set/coffee.png"].caption == "a photo of coffee"
+
+
+def test_unet_batch_shapes_and_dropout_rates(tiny_data, tmp_path):
+    from accelerate import Accelerator
+
+    stage = _stage(tiny_data, tmp_path, "--stage", "unet", "--lr-variants", "2")
+    stage.prepare(Accelerator(cpu=True), tmp_path)
+    rng = np.random.default_rng(0)
+    batch = stage.next_batch(2000, rng)
+    latent = stage.window
+    assert batch["hr"].shape == batch["lr"].shape == (2000, 4, latent, latent)
+    dim = stage.model.condition_embedding.config.dim
+    assert batch["tokens"][0] is None and batch["tokens"][2].shape == (2000, 256, dim)
+    keep = batch["keep"]
+    assert not keep[:, 0].any()  # depth: no offline source, always m_0
+    assert abs(1 - keep[:, 2].float().mean().item() - 0.1) < 0.03  # edges dropout 0.1
+    empty = stage.empty_caption
+    assert abs((batch["caption"] == empty).float().mean().item() - 0.1) < 0.03  # caption dropout 0.1
+    twin = _stage(tiny_data, tmp_path, "--stage", "unet", "--text-only", "--cache", str(tmp_path / "cache.pt"))
+    twin.prepare(Accelerator(cpu=True), tmp_path)
+    tb = twin.next_batch(64, rng)
+    assert tb["tokens"] == [None, None, None] and not tb["keep"].any()
+
+
+def test_one_step_changes_weights_with_finite_loss(tiny_data, tmp_path):
+    stage = _stage(tiny_data, tmp_path, "--stage", "unet")
+    before = {k: v.clone() for k, v in stage.model.state_dict().items()}
+    summary = train(stage, LoopConfig(out=tmp_path, batch_size=4, max_steps=1, log_every=1, warmup_steps=1))
+    assert summary["steps"] == 1
+    assert np.isfinite(read_log(tmp_path / "log.jsonl")[-1]["mse"])
+    after = stage.model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any("null_token" in k for k in changed) and any("unet" in k for k in changed)
+    assert (tmp_path / "loss.png").is_file()
+
+
+def test_resume_continues_the_step_count(tiny_data, tmp_path):
+    cfg = LoopConfig(out=tmp_path, batch_size=2, max_steps=2, log_every=1)
+    train(_stage(tiny_data, tmp_path, "--stage", "vq"), cfg)
+    cfg.max_steps, cfg.resume = 3, True
+    summary = train(_stage(tiny_data, tmp_path, "--stage", "vq"), cfg)
+    assert summary["steps"] == 3
+    assert [r["step"] for r in read_log(tmp_path / "log.jsonl")] == [1, 2, 3]
+
+
+def test_vae_stage_with_discriminator_saves_scaled_vae(tiny_data, tmp_path):
+    from diffusers import AutoencoderKL
+
+    stage = _stage(tiny_data, tmp_path, "--stage", "vae", "--adv-start", "1")
+    train(stage, LoopConfig(out=tmp_path, batch_size=2, max_steps=2, log_every=1))
+    assert "d_loss" in read_log(tmp_path / "log.jsonl")[-1]
+    vae = AutoencoderKL.from_pretrained(tmp_path / "vae")
+    assert vae.config.scaling_factor != 0.18215 and np.isfinite(vae.config.scaling_factor)
+
+
+def test_saved_pipeline_loads_and_upscales(tiny_data, tmp_path):
+    from mmsr.pipeline import MMSRPipeline
+    from mmsr.text import tiny_text_encoder
+
+    stage = _stage(tiny_data, tmp_path, "--stage", "unet", "--fp16-weights")
+    train(stage, LoopConfig(out=tmp_path, batch_size=2, max_steps=1))
+    saved = tmp_path / "pipeline"
+    assert not (saved / "text_encoder").exists()
+    text_encoder, tokenizer = tiny_text_encoder(32)
+    pipe = MMSRPipeline.from_pretrained(
+        saved, text_encoder=text_encoder, tokenizer=tokenizer, torch_dtype=torch.float32
+    )
+    assert pipe.unet.dtype == torch.float32
+    out = pipe(
+        torch.rand(1, 3, 16, 16), prompt="a cat", num_inference_steps=2, generator=torch.Generator().manual_seed(0)
+    )
+    assert out.images.shape == (1, 3, 64, 64) and torch.isfinite(out.images).all()
+
+
+def test_lite_loader_takes_shared_parts_from_the_base(tmp_path, monkeypatch):
+    from mmsr import presets
+    from mmsr.training.diffusion import link_shared
+
+    base, twin = tmp_path / "lite", tmp_path / "lite-text-only"
+    parts = presets.build_components("tiny-random")
+    parts.update(text_encoder=None, tokenizer=None)
+    for folder in (base, twin):
+        presets.MMSRPipeline(**parts).save_pretrained(folder, safe_serialization=True)
+    link_shared(twin, base)
+    assert not (twin / "vae").exists()
+    monkeypatch.setattr("mmsr.text.load_minilm", _tiny_text)
+    pipe = presets.load_pipeline("lite", checkpoint=twin)
+    assert pipe.vae.config == parts["vae"].config
+
+
+def _tiny_text():
+    from mmsr.text import tiny_text_encoder
+
+    return tiny_text_encoder(32)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        "-m",
+        "mmsr",
+        "train",
+        "--preset",
+        "tiny-random",
+        "--stage",
+        "unet",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--crop",
+        "64",
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2
+    assert (out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
