@@ -48,6 +48,7 @@ from mmsr.compare import (
 from mmsr.conditioning import MODALITIES
 from mmsr.connector import TAU_RANGE
 from mmsr.guidance import CFG_MODES
+from mmsr.errors import ResourceError
 from mmsr.imageio import ImageError, check_size, downscale_to_fit, load_image
 from mmsr.settings import SEED_RANGE, UpscaleSettings
 
@@ -217,7 +218,10 @@ class Lab:
         progress(0.5, desc="extracting depth, segmentation, edges")
         enabled = dict(zip(MODALITIES, (depth_on, seg_on, edges_on), strict=True))
         maps = {k: self._user_map(p, k) for k, p in zip(MODALITIES, (depth_map, seg_map, edges_map), strict=True)}
-        results = self.engine.extract(lr, enabled, {k: m for k, m in maps.items() if m is not None})
+        try:
+            results = self.engine.extract(lr, enabled, {k: m for k, m in maps.items() if m is not None})
+        except ImageError as e:
+            raise gr.Error(str(e)) from e
         info = f"input {lr.width}x{lr.height} → output {SCALE * lr.width}x{SCALE * lr.height}"
         return [*self._cards(results), info]
 
@@ -299,7 +303,7 @@ class Lab:
             )
         except RunCancelled:
             raise gr.Error("Stopped.") from None
-        except (ImageError, ValueError) as e:
+        except (ImageError, ValueError, ResourceError) as e:
             raise gr.Error(str(e)) from e
         shown_on_cards = tuple(f"{k}: using m_0" for k in MODALITIES)
         for note in result.warnings:
