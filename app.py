@@ -47,8 +47,8 @@ from mmsr.compare import (
 )
 from mmsr.conditioning import MODALITIES
 from mmsr.connector import TAU_RANGE
-from mmsr.guidance import CFG_MODES
 from mmsr.errors import ResourceError
+from mmsr.guidance import CFG_MODES
 from mmsr.imageio import ImageError, check_size, downscale_to_fit, load_image
 from mmsr.settings import SEED_RANGE, UpscaleSettings
 
