@@ -408,6 +408,30 @@ def _examples() -> list[list[str]]:
     return [[str(EXAMPLES / name), caption] for name, caption in captions.items()]
 
 
+LAB_ROOT = Path(os.environ.get("MMSR_LAB_ROOT", ROOT / "runs"))
+
+
+def lab_folders() -> list[str]:
+    """Lab result folders under ``LAB_ROOT``: the only ones the page opens (no arbitrary paths)."""
+    if not LAB_ROOT.is_dir():
+        return []
+    found = [*LAB_ROOT.glob("results.csv"), *LAB_ROOT.glob("*/results.csv"), *LAB_ROOT.glob("*/*/results.csv")]
+    return sorted(str(p.parent.relative_to(LAB_ROOT)) for p in found)
+
+
+def open_lab_report(name: str):
+    """Markdown and plots of a ``python -m mmsr lab run`` results folder (built by ``lab report``)."""
+    from mmsr.lab.report import load_report
+
+    if name not in lab_folders():
+        raise gr.Error(f"no lab results named {name!r} under {LAB_ROOT}")
+    try:
+        markdown, plots = load_report(LAB_ROOT / name)
+    except ValueError as e:
+        raise gr.Error(str(e)) from e
+    return markdown, [str(p) for p in plots]
+
+
 def build_demo(engine, scorer=None, baselines=None, **lab_options) -> gr.Blocks:
     """The whole UI around one :class:`Lab`; ``lab_options`` go to ``Lab`` (checkpoint, notice, max_side)."""
     lab = Lab(engine, scorer, baselines, **lab_options)
@@ -563,6 +587,14 @@ def build_demo(engine, scorer=None, baselines=None, **lab_options) -> gr.Blocks:
             [caption, negative, cfg_mode, guidance, steps, seed, baseline, *switches, *taus, refine, notes],
             api_name="import_settings",
         )
+        with gr.Accordion("Lab: reports of `python -m mmsr lab run` (folders under MMSR_LAB_ROOT)", open=False):
+            with gr.Row():
+                lab_folder = gr.Dropdown(choices=lab_folders(), label="results folder", scale=4)
+                lab_refresh = gr.Button("refresh list", scale=1)
+            lab_report = gr.Markdown()
+            lab_plots = gr.Gallery(label="plots", columns=3, height=360)
+        lab_refresh.click(lambda: gr.Dropdown(choices=lab_folders()), None, lab_folder, api_name="lab_folders")
+        lab_folder.change(open_lab_report, lab_folder, [lab_report, lab_plots], api_name="lab_report")
     demo.lab = lab
     return demo
 

@@ -467,3 +467,18 @@ def test_client_gets_a_clear_error_for_undecodable_uploads(served, lr_path, tmp_
         client.predict(image=handle_file(str(path)), **maps, api_name="/prepare")
     out = client.predict(image=handle_file(lr_path), **maps, api_name="/prepare")  # the app lives on
     assert out[-1].startswith("input 40x28")
+
+
+def test_lab_section_opens_only_result_folders_under_its_root(tmp_path, monkeypatch):
+    import app
+
+    monkeypatch.setattr(app, "LAB_ROOT", tmp_path)
+    (tmp_path / "set5").mkdir()
+    (tmp_path / "set5" / "results.csv").write_text("id\n")
+    (tmp_path / "other").mkdir()
+    assert app.lab_folders() == ["set5"]
+    for name in ("other", "../etc", "/etc"):
+        with pytest.raises(gr.Error, match="no lab results"):
+            app.open_lab_report(name)
+    markdown, plots = app.open_lab_report("set5")  # an empty run still gets a report page
+    assert markdown.startswith("#") and all(Path(p).is_file() for p in plots)

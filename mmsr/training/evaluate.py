@@ -68,13 +68,16 @@ class Runner:
             self._models[name] = get_baseline(name)
         return self._models[name]
 
-    def seg_map(self, set_name: str, stem: str, size: tuple[int, int]) -> Image.Image | None:
-        from ..modalities.palette import render_label_map
+    def seg_map(self, set_name: str, stem: str) -> Image.Image | None:
+        """The set's VOC label map drawn in the VOC palette at its own size (the input's aspect ratio)."""
+        from ..modalities.palette import get_label_space
 
         path = self.data / "seg" / "eval" / set_name / f"{stem}.png"
         if not path.is_file():
             return None
-        return render_label_map(np.asarray(Image.open(path)))
+        palette = get_label_space("voc").palette
+        ids = np.asarray(Image.open(path))
+        return Image.fromarray(palette[np.where(ids < len(palette), ids, 0)])
 
     def __call__(self, method: str, lr: Image.Image, set_name: str, stem: str) -> Image.Image:
         from ..settings import UpscaleSettings
@@ -88,7 +91,7 @@ class Runner:
         engine = self._engine("lite")
         if method == "mmsr_m0":
             return engine.text_only(lr, settings).image
-        seg = self.seg_map(set_name, stem, lr.size)
+        seg = self.seg_map(set_name, stem)
         return engine.upscale(lr, settings, user_maps={"seg": seg} if seg is not None else None).image
 
 
