@@ -150,7 +150,10 @@ def main(args: argparse.Namespace) -> None:
     if args.evaluate:
         from .evaluate import main as evaluate_main
 
-        evaluate_main(args)
+        try:
+            evaluate_main(args)
+        except ValueError as e:
+            raise UserError(str(e)) from e
         return
     if args.out is None:
         raise UserError("--out is required for training")
