@@ -180,7 +180,7 @@ class Engine:
         else:
             results = self.extract(lr, settings.modalities, user_maps, flat_guard=settings.flat_guard)
         for name, r in results.items():
-            timings[f"extract_{name}"] = r.seconds
+            timings[f"extract_{name}"] = 0.0 if r.extras.get("cached") else r.seconds  # a cache hit costs nothing
             if settings.modalities.get(name, True) and not r.available:
                 notes.append(f"{name}: using m_0 ({r.reason})")
         image = self._run(lr, caption, settings, results, callback, timings, notes=notes)
