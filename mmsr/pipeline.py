@@ -12,6 +12,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DCon
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .autoencoder import PatchAutoencoder
 from .conditioning import MODALITIES, TEXT_GROUP, ConditionEmbedding
 from .connector import MMLConnector, check_temperatures
 from .constants import SCALE
@@ -45,7 +46,7 @@ class MMSRPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        vae: AutoencoderKL,
+        vae: AutoencoderKL | PatchAutoencoder,
         unet: UNet2DConditionModel,
         scheduler: DDIMScheduler,
         vqmodel: VQModel,
