@@ -47,7 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--strength", type=float, help="1 = denoise from pure noise (paper); <1 starts from the noised LR (default: preset's)")
+    p.add_argument(
+        "--strength",
+        type=float,
+        help="1 = denoise from pure noise (paper); <1 starts from the noised LR (default: preset's)",
+    )
     p.add_argument("--temperature", default="", help="per-modality tau in [0.4, 10], e.g. depth=0.5,seg=1,edges=2")
     p.add_argument("--refine", action="store_true", help="zero-modal refinement: maps from a first m_0-only pass")
     p.add_argument("--no-flat-guard", action="store_true", help="keep maps even when the input looks flat")

@@ -96,16 +96,12 @@ class DegradationConfig:
             raise ValueError(f"scale must be a positive integer, got {self.scale}")
         _check_probs(self, "second_blur_prob", "final_sinc_prob")
         if not self.final_sinc_sizes or any(k % 2 == 0 for k in self.final_sinc_sizes):
-            raise ValueError(
-                f"final_sinc_sizes must be odd, got {self.final_sinc_sizes}"
-            )
+            raise ValueError(f"final_sinc_sizes must be odd, got {self.final_sinc_sizes}")
 
     @property
     def kernel_pad(self) -> int:
         """Side every kernel is zero-padded to, so one batch of kernels shares a shape."""
-        return max(
-            self.first.kernel_sizes + self.second.kernel_sizes + self.final_sinc_sizes
-        )
+        return max(self.first.kernel_sizes + self.second.kernel_sizes + self.final_sinc_sizes)
 
 
 def _check_probs(config: object, *names: str) -> None:
@@ -219,9 +215,7 @@ def _random_beta(r: tuple[float, float], n: int, generator: torch.Generator) -> 
     return torch.where(_bernoulli(0.5, n, generator), low, high)
 
 
-def random_blur_kernels(
-    batch: int, order: OrderConfig, generator: torch.Generator, pad_to: int = 21
-) -> Tensor:
+def random_blur_kernels(batch: int, order: OrderConfig, generator: torch.Generator, pad_to: int = 21) -> Tensor:
     """Draw one blur kernel per image: a :data:`KERNEL_TYPES` kernel, or a sinc with ``sinc_prob``.
 
     Returns:
@@ -235,9 +229,7 @@ def random_blur_kernels(
     theta = _uniform(-math.pi, math.pi, batch, generator) * aniso
     plateau = kind >= 4
     generalized = (kind == 2) | (kind == 3)
-    beta = torch.where(
-        generalized, _random_beta(order.betag_range, batch, generator), 1.0
-    )
+    beta = torch.where(generalized, _random_beta(order.betag_range, batch, generator), 1.0)
     beta = torch.where(plateau, _random_beta(order.betap_range, batch, generator), beta)
     kernels = blur_kernels(size, sigma, theta, beta, plateau, pad_to)
     # Large sinc kernels get a lower cutoff range, as in Real-ESRGAN.
@@ -266,9 +258,7 @@ def resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
     return F.interpolate(x, size=size, mode=mode, align_corners=align)
 
 
-def gaussian_noise(
-    x: Tensor, sigma: Tensor, gray: Tensor, generator: torch.Generator
-) -> Tensor:
+def gaussian_noise(x: Tensor, sigma: Tensor, gray: Tensor, generator: torch.Generator) -> Tensor:
     """Add Gaussian noise to ``x`` ``(B, C, H, W)`` and clip to ``[0, 1]``.
 
     ``sigma`` ``(B,)`` in 0..255 units; where ``gray`` ``(B,)`` is true all channels share one map.
@@ -288,18 +278,14 @@ def _poisson_residual(x: Tensor, generator: torch.Generator) -> Tensor:
     """
     b = x.shape[0]
     levels = (x.clamp(0, 1) * 255).round()
-    present = torch.zeros(b, 256, device=x.device).scatter_(
-        1, levels.long().flatten(1), 1.0
-    )
+    present = torch.zeros(b, 256, device=x.device).scatter_(1, levels.long().flatten(1), 1.0)
     photons = (2 ** present.sum(1).log2().ceil()).view(b, 1, 1, 1)
     signal = levels / 255
     counts = torch.poisson((signal * photons).to(generator.device), generator=generator)
     return counts.to(x.device) / photons - signal
 
 
-def poisson_noise(
-    x: Tensor, scale: Tensor, gray: Tensor, generator: torch.Generator
-) -> Tensor:
+def poisson_noise(x: Tensor, scale: Tensor, gray: Tensor, generator: torch.Generator) -> Tensor:
     """Add signal-dependent Poisson noise to RGB ``x`` ``(B, 3, H, W)``, clip to ``[0, 1]``.
 
     ``scale`` ``(B,)`` multiplies the noise; where ``gray`` ``(B,)`` is true all channels share
@@ -332,9 +318,7 @@ def bicubic_degrade(hr: Tensor, scale: int = 4) -> Tensor:
     """Antialiased bicubic downscale (matches PIL's BICUBIC): ``(B, C, H, W) -> (B, C, H//s, W//s)``."""
     h, w = hr.shape[-2:]
     size = (h // scale, w // scale)
-    lr = F.interpolate(
-        hr, size=size, mode="bicubic", antialias=True, align_corners=False
-    )
+    lr = F.interpolate(hr, size=size, mode="bicubic", antialias=True, align_corners=False)
     return lr.clamp(0, 1)
 
 
@@ -369,9 +353,7 @@ class Degradation:
         x = jpeg(x, _uniform(*cfg.first.jpeg_range, b, generator))
         # 2. Second order: blur (with probability second_blur_prob), random resize, noise.
         kernels = random_blur_kernels(b, cfg.second, generator, cfg.kernel_pad)
-        kernels = _keep_or_identity(
-            kernels, _bernoulli(cfg.second_blur_prob, b, generator)
-        )
+        kernels = _keep_or_identity(kernels, _bernoulli(cfg.second_blur_prob, b, generator))
         x = blur(x, kernels)
         x = self._random_resize(x, cfg.second, lr_size, generator)
         x = self._random_noise(x, cfg.second, generator)
@@ -383,9 +365,7 @@ class Degradation:
     def check_inputs(self, hr: Tensor, generator: torch.Generator) -> None:
         """Raise unless ``hr`` is a float ``(B, 3, H, W)`` batch in ``[0, 1]``, H, W >= scale."""
         if not isinstance(generator, torch.Generator):
-            raise TypeError(
-                f"generator must be a torch.Generator, not {type(generator)}"
-            )
+            raise TypeError(f"generator must be a torch.Generator, not {type(generator)}")
         if not isinstance(hr, Tensor):
             raise TypeError(f"hr must be a torch.Tensor, not {type(hr)}")
         shape = tuple(hr.shape)
@@ -411,9 +391,7 @@ class Degradation:
         size = (max(1, int(ref[0] * factor)), max(1, int(ref[1] * factor)))
         return resize(x, size, _random_mode(generator))
 
-    def _random_noise(
-        self, x: Tensor, order: OrderConfig, generator: torch.Generator
-    ) -> Tensor:
+    def _random_noise(self, x: Tensor, order: OrderConfig, generator: torch.Generator) -> Tensor:
         """Gaussian noise with ``gaussian_noise_prob``, else Poisson noise, per image."""
         b = x.shape[0]
         gauss = _bernoulli(order.gaussian_noise_prob, b, generator)
@@ -427,9 +405,7 @@ class Degradation:
         out[~on_x] = poisson_noise(x[~on_x], scale[~gauss], gray[~gauss], generator)
         return out
 
-    def _final(
-        self, x: Tensor, lr_size: tuple[int, int], generator: torch.Generator
-    ) -> Tensor:
+    def _final(self, x: Tensor, lr_size: tuple[int, int], generator: torch.Generator) -> Tensor:
         """Resize to ``lr_size`` plus sinc filter (``final_sinc_prob``), and JPEG, in random order."""
         cfg = self.config
         b = x.shape[0]

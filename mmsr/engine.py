@@ -23,7 +23,7 @@ from .imageio import check_map_shape, check_size, pil_to_tensor, tensor_to_pil
 from .modalities import EXTRACTORS, ExtractorCache, ModalityResult, extract_all
 from .pipeline import MMSRPipeline
 from .presets import get_preset, load_pipeline
-from .settings import UpscaleSettings
+from .settings import UpscaleSettings, sanitize_text
 
 MAX_LR_SIDE = 512
 
@@ -152,10 +152,11 @@ class Engine:
         Running out of memory raises :class:`mmsr.errors.ResourceError` (with what to change) after
         the memory is released, so the engine keeps serving.
         """
+        caption_notes = sanitize_text(settings.caption)[1]  # validation cuts silently: say so here
         settings = replace(settings).validated()
         check_size(lr, MAX_LR_SIDE)
         try:
-            return self._upscale(lr, settings, user_maps, callback)
+            return self._upscale(lr, settings, user_maps, callback, caption_notes)
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
@@ -164,8 +165,7 @@ class Engine:
         release_memory()
         raise error
 
-    def _upscale(self, lr, settings, user_maps, callback) -> UpscaleResult:
-        notes: list[str] = []
+    def _upscale(self, lr, settings, user_maps, callback, notes: list[str]) -> UpscaleResult:
         timings: dict[str, float] = {}
         caption = settings.caption
         if not caption and settings.auto_caption:

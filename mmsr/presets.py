@@ -126,11 +126,9 @@ PRESETS: dict[str, Preset] = {
         text_dim=384,
         default_steps=20,
         default_strength=0.35,
-        # Sized for training on a shared 2-core CPU in minutes (see checkpoints/README.md). 16 latent
-        # channels: an f8 latent with 4 channels holds less than the x4 LR itself, and a small
-        # autoencoder trained for minutes reconstructs far better with 16.
-        # A whitened-PCA patch autoencoder with learned refinement (mmsr/autoencoder.py): a conv VAE
-        # trained for the same minutes reached only 17 dB on Set14.
+        # Sized for training on a shared 2-core CPU in minutes (see checkpoints/README.md). The f8
+        # autoencoder is a whitened-PCA patch transform with learned refinement (mmsr/autoencoder.py,
+        # 16 latent channels): a conv AutoencoderKL trained for the same minutes reached 17 dB on Set14.
         vae=dict(_class="PatchAutoencoder", patch_size=8, latent_channels=16),
         unet=_unet_config(
             (32, 64, 128), cross_dim=384, head_dim=8, groups=16, layers=1, latent=16, top_attention=False

@@ -14,8 +14,12 @@ STEPS_RANGE = (1, 200)
 SEED_RANGE = (0, 2**32 - 1)
 
 
-def clean_caption(text: str) -> tuple[str, list[str]]:
-    """Drop control characters, collapse whitespace, cap the length (the encoder truncates further)."""
+def sanitize_text(text: str) -> tuple[str, list[str]]:
+    """Drop control characters, collapse whitespace, cap the length (the encoder truncates further).
+
+    Returns the text and notes for the user (the cut, if any). Not the captioner's ``clean_caption``,
+    which strips a VLM's preamble.
+    """
     notes = []
     text = "".join(" " if unicodedata.category(c).startswith("C") else c for c in str(text or ""))
     text = " ".join(text.split())
@@ -56,8 +60,8 @@ class UpscaleSettings:
                 raise ValueError(f"unknown modality {name!r}; expected one of {', '.join(MODALITIES)}")
         for name, tau in self.temperatures.items():
             _check_range(f"temperature of {name}", tau, TAU_RANGE)
-        self.caption, _ = clean_caption(self.caption)
-        self.negative_prompt, _ = clean_caption(self.negative_prompt)
+        self.caption, _ = sanitize_text(self.caption)
+        self.negative_prompt, _ = sanitize_text(self.negative_prompt)
         return self
 
     def to_dict(self) -> dict:

@@ -211,3 +211,14 @@ def test_cli_upscale_end_to_end(tmp_path, astronaut_lr):
     assert "unet" in report["timings"] and report["settings"]["temperatures"]["depth"] == 0.5
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_overlong_caption_cut_is_reported_to_the_user(tiny_pipe, astronaut_lr):
+    from mmsr.engine import Engine
+    from mmsr.settings import MAX_CAPTION_CHARS, UpscaleSettings
+
+    engine = Engine(tiny_pipe, "tiny-random")
+    settings = UpscaleSettings(caption="a cat " * 1000, steps=1, modalities=dict.fromkeys(MODALITIES, False))
+    result = engine.upscale(astronaut_lr, settings)
+    assert len(result.caption) == MAX_CAPTION_CHARS
+    assert any(f"kept the first {MAX_CAPTION_CHARS}" in w for w in result.warnings)

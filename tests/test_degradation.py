@@ -28,9 +28,7 @@ def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _kernel(
-    sigma=(2.0, 2.0), theta=0.0, beta=1.0, plateau=False, size=21
-) -> torch.Tensor:
+def _kernel(sigma=(2.0, 2.0), theta=0.0, beta=1.0, plateau=False, size=21) -> torch.Tensor:
     """One ``(21, 21)`` kernel from scalar parameters."""
     return blur_kernels(
         torch.tensor([size]),
@@ -57,9 +55,7 @@ def test_random_kernels_sum_to_one_and_vary():
     assert (kernels[1:] - kernels[:1]).abs().amax(dim=(1, 2)).min() > 0
 
 
-@pytest.mark.parametrize(
-    ("beta", "plateau"), [(1.0, False), (0.6, False), (3.0, False), (1.5, True)]
-)
+@pytest.mark.parametrize(("beta", "plateau"), [(1.0, False), (0.6, False), (3.0, False), (1.5, True)])
 def test_isotropic_kernel_is_rotation_symmetric(beta, plateau):
     k = _kernel(sigma=(2.0, 2.0), theta=0.7, beta=beta, plateau=plateau)
     torch.testing.assert_close(k.sum(), torch.tensor(1.0))
@@ -86,9 +82,7 @@ def test_kernel_size_limits_support():
 
 def test_blur_reduces_high_frequency_energy():
     x = torch.rand(2, 3, 64, 64, generator=_gen())
-    kernels = torch.stack(
-        [_kernel(sigma=(1.5, 1.5)), _kernel(sigma=(3.0, 0.5), theta=1.0)]
-    )
+    kernels = torch.stack([_kernel(sigma=(1.5, 1.5)), _kernel(sigma=(3.0, 0.5), theta=1.0)])
     out = blur(x, kernels)
     assert out.shape == x.shape
     assert (_high_freq_energy(out) < 0.2 * _high_freq_energy(x)).all()
@@ -114,9 +108,7 @@ def test_gaussian_noise_has_requested_std_and_gray_is_shared():
 
 
 def test_poisson_noise_variance_grows_with_signal():
-    ramp = torch.linspace(0, 1, 256).expand(
-        2, 3, 128, 256
-    )  # 256 levels: 256 photons per unit
+    ramp = torch.linspace(0, 1, 256).expand(2, 3, 128, 256)  # 256 levels: 256 photons per unit
     scale = torch.tensor([1.0, 2.0])
     noise = poisson_noise(ramp, scale, torch.tensor([False, True]), _gen()) - ramp
     dark, bright = noise[..., 26:51], noise[..., 154:179]  # signal ~0.15 and ~0.65
@@ -129,9 +121,7 @@ def test_poisson_noise_variance_grows_with_signal():
 
 
 def _textured_image() -> torch.Tensor:
-    yy, xx = torch.meshgrid(
-        torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij"
-    )
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
     smooth = torch.stack([xx, yy, (xx + yy) / 2])
     detail = 0.1 * torch.sin(2 * math.pi * 9 * xx) * torch.sin(2 * math.pi * 7 * yy)
     return ((0.8 * smooth + 0.1 + detail).clamp(0, 1) * 255).round()[None] / 255
@@ -169,9 +159,7 @@ def test_resize_sizes_and_modes():
 
 def test_bicubic_degrade_matches_pil():
     rgb = (torch.rand(3, 64, 48, generator=_gen()) * 255).round().to(torch.uint8)
-    pil = Image.fromarray(rgb.permute(1, 2, 0).numpy()).resize(
-        (12, 16), Image.Resampling.BICUBIC
-    )
+    pil = Image.fromarray(rgb.permute(1, 2, 0).numpy()).resize((12, 16), Image.Resampling.BICUBIC)
     expected = torch.from_numpy(np.array(pil)).permute(2, 0, 1).float() / 255
     out = bicubic_degrade(rgb[None].float() / 255, scale=4)[0]
     assert out.shape == (3, 16, 12)

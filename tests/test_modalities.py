@@ -48,9 +48,7 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    monkeypatch.setattr(
-        hub, "is_cached", lambda model_id: False
-    )  # never load a real checkpoint
+    monkeypatch.setattr(hub, "is_cached", lambda model_id: False)  # never load a real checkpoint
 
 
 def rgb(name: str) -> np.ndarray:
@@ -63,11 +61,7 @@ def lr_of(name: str, side: int = 64) -> Image.Image:
 
 
 def noise_image(side: int = 64, sigma: float = 2.0, seed: int = 0) -> Image.Image:
-    noise = (
-        np.random.default_rng(seed)
-        .normal(128, sigma, (side, side, 1))
-        .repeat(3, axis=2)
-    )
+    noise = np.random.default_rng(seed).normal(128, sigma, (side, side, 1)).repeat(3, axis=2)
     return Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8))
 
 
@@ -111,9 +105,7 @@ def test_thin_edges_survive_rendering_of_a_large_map():
     edges[1000, :] = 255  # one-pixel line, 8x larger than the map
     edges[:, 333] = 255
     rendered = np.asarray(render_edges(edges))[..., 0]
-    assert (rendered[:, 100] == 255).sum() >= 1 and (
-        rendered[125, :] == 255
-    ).sum() == MAP_SIZE
+    assert (rendered[:, 100] == 255).sum() >= 1 and (rendered[125, :] == 255).sum() == MAP_SIZE
     assert (rendered == 255).mean() < 0.02
 
 
@@ -149,39 +141,27 @@ def tiny_depth():
         backbone_config=backbone, reassemble_hidden_size=16, neck_hidden_sizes=[8, 8, 8, 8],
         fusion_hidden_size=8, head_hidden_size=8,
     )  # fmt: skip
-    processor = DPTImageProcessor(
-        size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14
-    )
+    processor = DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14)
     return DepthAnythingForDepthEstimation(config), processor
 
 
 def test_depth_anything_tiny_random_gives_normalised_grey_map(tiny_depth):
     model, processor = tiny_depth
-    extractor = DepthExtractor(
-        device="cpu", dtype=torch.float32, model=model, processor=processor
-    )
+    extractor = DepthExtractor(device="cpu", dtype=torch.float32, model=model, processor=processor)
     lr = lr_of("chelsea", 48).resize((64, 48))
     result = extractor(lr)
     assert_map(result, "depth-anything-v2")
-    assert (
-        result.raw.shape == (48, 64) and result.raw.min() == 0 and result.raw.max() == 1
-    )
+    assert result.raw.shape == (48, 64) and result.raw.min() == 0 and result.raw.max() == 1
     pixels = np.asarray(result.map)
-    assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(
-        pixels[..., 1], pixels[..., 2]
-    )
+    assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2])
     assert extractor.model.get() is extractor.model.get()  # loaded once, reused
 
 
 def test_render_depth_is_near_bright_and_scale_free():
-    disparity = np.tile(
-        np.linspace(1, 5, 300, dtype=np.float32), (200, 1)
-    )  # larger = nearer
+    disparity = np.tile(np.linspace(1, 5, 300, dtype=np.float32), (200, 1))  # larger = nearer
     grey = np.asarray(render_depth(disparity))[..., 0]
     assert grey[:, 0].max() == 0 and grey[:, -1].min() == 255
-    assert np.array_equal(
-        np.asarray(render_depth(disparity * 7 + 3)), np.asarray(render_depth(disparity))
-    )
+    assert np.array_equal(np.asarray(render_depth(disparity * 7 + 3)), np.asarray(render_depth(disparity)))
     assert np.asarray(render_depth(np.ones((10, 10)))).max() == 0  # constant: no NaN
 
 
@@ -189,11 +169,7 @@ def test_user_depth_map_wins_over_the_model_and_is_normalised():
     user = Image.fromarray(np.tile(np.arange(50, 150, dtype=np.uint8), (40, 1)))
     result = DepthExtractor(model_id=NOT_CACHED)(lr_of("astronaut"), user_map=user)
     assert_map(result, "user")
-    assert (
-        result.raw.shape == (40, 100)
-        and result.raw.min() == 0
-        and result.raw.max() == 1
-    )
+    assert result.raw.shape == (40, 100) and result.raw.min() == 0 and result.raw.max() == 1
 
 
 # -- segmentation ---------------------------------------------------------------------------------
@@ -226,20 +202,14 @@ def tiny_mask2former():
         encoder_layers=1, decoder_layers=2, num_attention_heads=2, dim_feedforward=32, num_queries=8,
         id2label=dict(enumerate(COCO_SUBSET)), label2id={n: i for i, n in enumerate(COCO_SUBSET)},
     )  # fmt: skip
-    processor = Mask2FormerImageProcessor(
-        size={"shortest_edge": 64, "longest_edge": 128}
-    )
+    processor = Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128})
     return Mask2FormerForUniversalSegmentation(config), processor
 
 
 def test_mask2former_tiny_random_gives_voc_palette_map(tiny_mask2former):
     model, processor = tiny_mask2former
-    extractor = SegmentationExtractor(
-        device="cpu", dtype=torch.float32, model=model, processor=processor
-    )
-    result = extractor(
-        lr_of("coffee", 48).resize((80, 48))
-    )  # non-square: processor pads
+    extractor = SegmentationExtractor(device="cpu", dtype=torch.float32, model=model, processor=processor)
+    result = extractor(lr_of("coffee", 48).resize((80, 48)))  # non-square: processor pads
     assert_map(result, "mask2former")
     assert result.raw.shape == (48, 80) and result.raw.max() < len(VOC_CLASSES)
     palette = {tuple(c) for c in voc_colormap(len(VOC_CLASSES))}
@@ -256,13 +226,8 @@ def test_coco_panoptic_names_map_to_voc_ids():
         if expected:
             assert voc.classes[expected] != "background"
     assert sorted(COCO_TO_VOC.values()) == list(range(1, 21))
-    assert COCO_TO_VOC["couch"] == VOC_CLASSES.index("sofa") and COCO_TO_VOC[
-        "tv"
-    ] == VOC_CLASSES.index("tv/monitor")
-    assert (
-        voc.class_id("person;individual;someone") == 15
-        and voc.class_id("aeroplane") == 1
-    )
+    assert COCO_TO_VOC["couch"] == VOC_CLASSES.index("sofa") and COCO_TO_VOC["tv"] == VOC_CLASSES.index("tv/monitor")
+    assert voc.class_id("person;individual;someone") == 15 and voc.class_id("aeroplane") == 1
     with pytest.raises(ValueError, match="none of the model"):
         label_lookup({0: "LABEL_0", 1: "LABEL_1"}, voc)
 
@@ -288,15 +253,11 @@ def test_render_label_map_round_trips_through_user_rgb_maps():
     ids = _id_map()
     rendered = render_label_map(ids)
     assert rendered.size == (MAP_SIZE, MAP_SIZE)
-    expected = np.asarray(
-        Image.fromarray(ids).resize((MAP_SIZE, MAP_SIZE), Image.NEAREST)
-    )
+    expected = np.asarray(Image.fromarray(ids).resize((MAP_SIZE, MAP_SIZE), Image.NEAREST))
     back = user_label_ids(rendered, LABEL_SPACES["voc"])
     assert (back == expected).mean() > 0.98
     buffer = io.BytesIO()
-    rendered.save(
-        buffer, format="JPEG", quality=90
-    )  # palette colours survive mild compression
+    rendered.save(buffer, format="JPEG", quality=90)  # palette colours survive mild compression
     jpeg = np.asarray(Image.open(buffer))
     assert (colors_to_ids(jpeg, LABEL_SPACES["voc"]) == back).mean() > 0.95
 
@@ -322,15 +283,9 @@ def test_user_label_maps_as_ids_palette_image_or_photo():
 
 
 def test_rejected_user_map_falls_back_and_reports_every_reason():
-    result = SegmentationExtractor(model_id=NOT_CACHED)(
-        lr_of("coffee"), user_map=Image.fromarray(rgb("coffee"))
-    )
+    result = SegmentationExtractor(model_id=NOT_CACHED)(lr_of("coffee"), user_map=Image.fromarray(rgb("coffee")))
     assert not result.available and result.map is None
-    assert (
-        "user failed" in result.reason
-        and "offline" in result.reason
-        and NOT_CACHED in result.reason
-    )
+    assert "user failed" in result.reason and "offline" in result.reason and NOT_CACHED in result.reason
 
 
 def test_render_label_map_on_a_training_map():
@@ -361,13 +316,8 @@ def test_clean_caption_strips_preambles_quotes_and_cut_sentences(raw):
 
 
 def test_caption_prompt_is_the_papers_in_context_prompt():
-    assert CAPTION_PROMPT.startswith(
-        "Write a four sentence caption in English for this image."
-    )
-    assert (
-        'Comma separate keywords rather than using "or". Example: A photograph of'
-        in CAPTION_PROMPT
-    )
+    assert CAPTION_PROMPT.startswith("Write a four sentence caption in English for this image.")
+    assert 'Comma separate keywords rather than using "or". Example: A photograph of' in CAPTION_PROMPT
     with pytest.raises(ValueError, match="empty"):
         clean_caption('Sure! ""')
 
@@ -431,10 +381,7 @@ def test_caption_offline_is_absent_at_once_and_user_text_wins():
     result = extractor(lr_of("chelsea"))
     assert time.perf_counter() - start < 0.5
     assert not result.available and result.reason.startswith("offline: type a caption")
-    assert (
-        extractor(lr_of("chelsea"), user_map="A photo of a cat.").text
-        == "A photo of a cat."
-    )
+    assert extractor(lr_of("chelsea"), user_map="A photo of a cat.").text == "A photo of a cat."
 
 
 class FakeResponse(io.BytesIO):
@@ -457,44 +404,26 @@ def test_gemini_backend_sends_the_key_in_a_header_and_never_reports_it(monkeypat
             key=request.get_header("X-goog-api-key"),
             timeout=timeout,
         )
-        answer = {
-            "candidates": [
-                {
-                    "content": {
-                        "parts": [{"text": "Here is a caption: A photo of a cat."}]
-                    }
-                }
-            ]
-        }
+        answer = {"candidates": [{"content": {"parts": [{"text": "Here is a caption: A photo of a cat."}]}}]}
         return FakeResponse(json.dumps(answer).encode())
 
     monkeypatch.setattr(gemini.urllib.request, "urlopen", fake_urlopen)
     result = CaptionExtractor()(lr_of("chelsea"))
     assert result.source == "gemini" and result.text == "A photo of a cat."
-    assert (
-        seen["key"] == "secret-key-123"
-        and "secret" not in seen["url"]
-        and seen["timeout"] <= 30
-    )
+    assert seen["key"] == "secret-key-123" and "secret" not in seen["url"] and seen["timeout"] <= 30
 
     def failing_urlopen(request, timeout):
         raise OSError(f"connection refused for {request.get_header('X-goog-api-key')}")
 
     monkeypatch.setattr(gemini.urllib.request, "urlopen", failing_urlopen)
     result = CaptionExtractor()(lr_of("astronaut"))
-    assert (
-        not result.available
-        and "Gemini" in result.reason
-        and "secret" not in result.reason
-    )
+    assert not result.available and "Gemini" in result.reason and "secret" not in result.reason
 
 
 def test_gemini_is_not_tried_offline(monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", "secret-key-123")
     extractor = CaptionExtractor()
-    assert [
-        source for source, _ in extractor.backends(lr_of("chelsea"), None, False)
-    ] == ["vlm"]
+    assert [source for source, _ in extractor.backends(lr_of("chelsea"), None, False)] == ["vlm"]
 
 
 # -- hub availability -----------------------------------------------------------------------------
@@ -506,18 +435,12 @@ def test_offline_hub_backends_report_absent_in_well_under_a_second():
         start = time.perf_counter()
         result = extractor(lr)
         assert time.perf_counter() - start < 0.5
-        assert (
-            not result.available
-            and "HF_HUB_OFFLINE=1" in result.reason
-            and "cache" in result.reason
-        )
+        assert not result.available and "HF_HUB_OFFLINE=1" in result.reason and "cache" in result.reason
 
 
 def test_unreachable_hub_is_detected_quickly_and_memoised(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv(
-        "HF_ENDPOINT", "http://127.0.0.1:9"
-    )  # discard port on this machine: refused
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port on this machine: refused
     hub._probe.cache_clear()
     start = time.perf_counter()
     assert "unreachable" in hub.offline_reason()
@@ -566,13 +489,9 @@ def test_flat_images_are_flat_at_lr_and_sr_scale(image):
 def test_registry_builds_every_extractor_without_loading_anything():
     assert set(EXTRACTORS) == {"caption", "depth", "seg", "edges"}
     start = time.perf_counter()
-    extractors = {
-        k: cls(device="cpu", dtype=torch.float32) for k, cls in EXTRACTORS.items()
-    }
+    extractors = {k: cls(device="cpu", dtype=torch.float32) for k, cls in EXTRACTORS.items()}
     assert time.perf_counter() - start < 0.5
-    assert all(
-        isinstance(e, ModalityExtractor) and e.name == k for k, e in extractors.items()
-    )
+    assert all(isinstance(e, ModalityExtractor) and e.name == k for k, e in extractors.items())
 
 
 def test_extract_all_offline_switches_and_flat_guard():
@@ -586,20 +505,12 @@ def test_extract_all_offline_switches_and_flat_guard():
     )
     assert list(results) == ["caption", "depth", "seg", "edges"]
     assert results["edges"].available and results["seg"].reason == "switched off"
-    assert "offline" in results["depth"].reason and results[
-        "caption"
-    ].reason.startswith("offline: type a caption")
+    assert "offline" in results["depth"].reason and results["caption"].reason.startswith("offline: type a caption")
 
-    flat = extract_all(
-        noise_image(), extractors=extractors, enabled={}, user_maps={"seg": _id_map()}
-    )
+    flat = extract_all(noise_image(), extractors=extractors, enabled={}, user_maps={"seg": _id_map()})
     assert "flat input" in flat["edges"].reason and "flat input" in flat["depth"].reason
-    assert (
-        flat["seg"].available and flat["seg"].source == "user"
-    )  # a user's own map is trusted
-    assert not extract_all(
-        noise_image(), extractors=extractors, enabled={}, flat_guard=False
-    )["edges"].reason
+    assert flat["seg"].available and flat["seg"].source == "user"  # a user's own map is trusted
+    assert not extract_all(noise_image(), extractors=extractors, enabled={}, flat_guard=False)["edges"].reason
 
 
 class CountingExtractor(ModalityExtractor):
@@ -627,25 +538,13 @@ class CountingExtractor(ModalityExtractor):
 def test_cache_runs_a_backend_once_for_identical_calls():
     cache, counter = ExtractorCache(), CountingExtractor()
     lr = lr_of("coffee")
-    first = extract_all(lr, extractors={"edges": counter}, enabled={}, cache=cache)[
-        "edges"
-    ]
-    second = extract_all(
-        lr.copy(), extractors={"edges": counter}, enabled={}, cache=cache
-    )["edges"]
+    first = extract_all(lr, extractors={"edges": counter}, enabled={}, cache=cache)["edges"]
+    second = extract_all(lr.copy(), extractors={"edges": counter}, enabled={}, cache=cache)["edges"]
     assert counter.calls == 1 and (cache.hits, cache.misses) == (1, 1)
-    assert (
-        second.extras.get("cached")
-        and not first.extras.get("cached")
-        and second.map is first.map
-    )
-    extract_all(
-        lr, extractors={"edges": counter}, enabled={}, cache=cache, upscaled=True
-    )
+    assert second.extras.get("cached") and not first.extras.get("cached") and second.map is first.map
+    extract_all(lr, extractors={"edges": counter}, enabled={}, cache=cache, upscaled=True)
     extract_all(lr_of("camera"), extractors={"edges": counter}, enabled={}, cache=cache)
-    extract_all(
-        lr, extractors={"edges": CountingExtractor(level=1)}, enabled={}, cache=cache
-    )
+    extract_all(lr, extractors={"edges": CountingExtractor(level=1)}, enabled={}, cache=cache)
     assert counter.calls == 3 and cache.misses == 4
 
 
@@ -659,9 +558,7 @@ def test_cache_is_bounded_by_entries_and_bytes():
     for key in "abc":
         cache.put(key, result)
     assert len(cache) == 2 and cache.get("a") is None and cache.get("c") is not None
-    small = ExtractorCache(
-        max_entries=100, max_bytes=3 * (MAP_SIZE * MAP_SIZE * 3 + 1000)
-    )
+    small = ExtractorCache(max_entries=100, max_bytes=3 * (MAP_SIZE * MAP_SIZE * 3 + 1000))
     for key in "abcde":
         small.put(key, result)
     assert len(small) == 3 and small.nbytes <= small.max_bytes
@@ -673,9 +570,6 @@ def test_backend_exceptions_become_absent_with_the_reason():
             raise RuntimeError("CUDA out of memory")
 
     result = Broken()(lr_of("coffee"))
-    assert (
-        not result.available
-        and result.reason == "counter failed: RuntimeError: CUDA out of memory"
-    )
+    assert not result.available and result.reason == "counter failed: RuntimeError: CUDA out of memory"
     with pytest.raises(TypeError, match="PIL image"):
         EdgeExtractor()(np.zeros((8, 8, 3), np.uint8))

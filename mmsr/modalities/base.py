@@ -48,9 +48,7 @@ class ModalityResult:
         return self.reason is None and (self.map is not None or self.text is not None)
 
     @classmethod
-    def absent(
-        cls, name: str, reason: str, source: str = "", seconds: float = 0.0
-    ) -> ModalityResult:
+    def absent(cls, name: str, reason: str, source: str = "", seconds: float = 0.0) -> ModalityResult:
         return cls(name=name, source=source or "m_0", reason=reason, seconds=seconds)
 
 
@@ -66,9 +64,7 @@ def as_rgb(image: Image.Image) -> Image.Image:
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, got {type(image).__name__}")
     if image.width < 1 or image.height < 1:
-        raise ValueError(
-            f"image is {image.width}x{image.height}: nothing to extract from"
-        )
+        raise ValueError(f"image is {image.width}x{image.height}: nothing to extract from")
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -91,9 +87,7 @@ class ModalityExtractor:
         self.device = device
         self.dtype = dtype
 
-    def backends(
-        self, image: Image.Image, user_map: Any, upscaled: bool
-    ) -> list[tuple[str, Backend]]:
+    def backends(self, image: Image.Image, user_map: Any, upscaled: bool) -> list[tuple[str, Backend]]:
         """``(source, run)`` pairs in priority order; ``run()`` returns a result or raises.
 
         By default: the user's map (when given), then the extractor's own ``source``.
@@ -113,9 +107,7 @@ class ModalityExtractor:
         """Everything besides the inputs that changes the output (part of the cache key)."""
         return {"device": str(self.device), "dtype": str(self.dtype)}
 
-    def __call__(
-        self, image: Image.Image, *, user_map: Any = None, upscaled: bool = False
-    ) -> ModalityResult:
+    def __call__(self, image: Image.Image, *, user_map: Any = None, upscaled: bool = False) -> ModalityResult:
         """Run the backends on ``image`` (any PIL image: an LR or an SR result) until one succeeds.
 
         Args:
@@ -138,6 +130,4 @@ class ModalityExtractor:
                 result.source, result.seconds = source, time.perf_counter() - start
                 return result
         reason = "; ".join(reasons) or "no backend available"
-        return ModalityResult.absent(
-            self.name, reason, seconds=time.perf_counter() - start
-        )
+        return ModalityResult.absent(self.name, reason, seconds=time.perf_counter() - start)

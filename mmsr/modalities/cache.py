@@ -108,9 +108,7 @@ class ExtractorCache:
             while len(self._items) > self.max_entries or self.nbytes > self.max_bytes:
                 self.nbytes -= self._items.popitem(last=False)[1][1]
 
-    def get_or_compute(
-        self, key: str, compute: Callable[[], ModalityResult]
-    ) -> ModalityResult:
+    def get_or_compute(self, key: str, compute: Callable[[], ModalityResult]) -> ModalityResult:
         """The cached result for ``key``, else ``compute()`` (stored when it is available).
 
         The computation runs outside the lock: two threads may both compute a new key once.

@@ -96,9 +96,7 @@ class CaptionExtractor(HubExtractor):
         self.use_gemini, self.gemini_model = use_gemini, gemini_model
 
     def _gemini_on(self) -> bool:
-        return (
-            self.use_gemini and gemini_api_key() is not None and not hub.env_offline()
-        )
+        return self.use_gemini and gemini_api_key() is not None and not hub.env_offline()
 
     def settings(self) -> dict[str, Any]:
         gemini = self.gemini_model if self._gemini_on() else None
@@ -126,9 +124,7 @@ class CaptionExtractor(HubExtractor):
         return self._cleaned(self.generate(image))
 
     def _from_gemini(self, image: Image.Image) -> ModalityResult:
-        return self._cleaned(
-            gemini_caption(image, self.prompt, model=self.gemini_model)
-        )
+        return self._cleaned(gemini_caption(image, self.prompt, model=self.gemini_model))
 
     def _cleaned(self, raw: str) -> ModalityResult:
         return ModalityResult(name=self.name, text=clean_caption(raw), raw=raw)
@@ -149,12 +145,8 @@ class CaptionExtractor(HubExtractor):
         content = [{"type": "image"}, {"type": "text", "text": self.prompt}]
         messages = [{"role": "user", "content": content}]
         chat = processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = processor(text=chat, images=[image], return_tensors="pt").to(
-            device=self.device, dtype=model.dtype
-        )
+        inputs = processor(text=chat, images=[image], return_tensors="pt").to(device=self.device, dtype=model.dtype)
         with torch.inference_mode():
-            ids = model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, do_sample=False
-            )
+            ids = model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         new_tokens = ids[:, inputs["input_ids"].shape[1] :]
         return processor.batch_decode(new_tokens, skip_special_tokens=True)[0]

@@ -20,9 +20,7 @@ DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 
 def normalise_depth(depth: np.ndarray) -> np.ndarray:
     """Min-max normalise to ``float32`` [0, 1]; a constant (or all-NaN) map becomes zeros."""
-    d = np.nan_to_num(
-        np.asarray(depth, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0
-    )
+    d = np.nan_to_num(np.asarray(depth, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     if d.ndim == 3:
         d = d[..., :3].mean(axis=2)
     if d.ndim != 2 or d.size == 0:
@@ -47,9 +45,7 @@ def render_depth(depth: np.ndarray) -> Image.Image:
 def user_depth(user_map: Image.Image | np.ndarray) -> np.ndarray:
     """A user's depth map (any image or array, near = bright) as normalised ``float32``."""
     if isinstance(user_map, Image.Image):
-        user_map = np.asarray(
-            user_map if user_map.mode in ("I", "I;16", "F") else user_map.convert("L")
-        )
+        user_map = np.asarray(user_map if user_map.mode in ("I", "I;16", "F") else user_map.convert("L"))
     return normalise_depth(user_map)
 
 
@@ -83,12 +79,8 @@ class DepthExtractor(HubExtractor):
         import torch
 
         model, processor = self.model.get()
-        inputs = processor(images=image, return_tensors="pt").to(
-            device=self.device, dtype=model.dtype
-        )
+        inputs = processor(images=image, return_tensors="pt").to(device=self.device, dtype=model.dtype)
         with torch.inference_mode():
             outputs = model(**inputs)
-        depth = processor.post_process_depth_estimation(
-            outputs, target_sizes=[(image.height, image.width)]
-        )
+        depth = processor.post_process_depth_estimation(outputs, target_sizes=[(image.height, image.width)])
         return depth[0]["predicted_depth"].float().cpu().numpy()

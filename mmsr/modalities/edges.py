@@ -31,9 +31,7 @@ def canny_thresholds(grey: np.ndarray) -> tuple[float, float]:
     """``(low, high)`` Canny thresholds from the gradient statistics of a smoothed grey image."""
     gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0)
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1)
-    high = max(
-        float(np.percentile(cv2.magnitude(gx, gy), HIGH_PERCENTILE)), MIN_HIGH_THRESHOLD
-    )
+    high = max(float(np.percentile(cv2.magnitude(gx, gy), HIGH_PERCENTILE)), MIN_HIGH_THRESHOLD)
     return LOW_RATIO * high, high
 
 
@@ -41,14 +39,8 @@ def canny_edges(image_rgb_uint8: np.ndarray) -> np.ndarray:
     """Binary edge map (``uint8`` 0/255, same ``H x W``) of an RGB (or grey) ``uint8`` image."""
     image = np.asarray(image_rgb_uint8)
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(
-            f"expected an HxW or HxWx3 uint8 image, got {image.dtype} {image.shape}"
-        )
-    grey = (
-        image
-        if image.ndim == 2
-        else cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)
-    )
+        raise ValueError(f"expected an HxW or HxWx3 uint8 image, got {image.dtype} {image.shape}")
+    grey = image if image.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(image[..., :3]), cv2.COLOR_RGB2GRAY)
     grey = cv2.GaussianBlur(grey, (0, 0), SMOOTH_SIGMA)
     low, high = canny_thresholds(grey)
     return cv2.Canny(grey, low, high, L2gradient=True)
@@ -77,9 +69,7 @@ def render_edges(edges: np.ndarray) -> Image.Image:
 
 def user_edges(user_map: Image.Image | np.ndarray) -> np.ndarray:
     """A user's edge map (any image, light edges on dark) as ``uint8`` 0/255."""
-    grey = np.asarray(
-        user_map.convert("L") if isinstance(user_map, Image.Image) else user_map
-    )
+    grey = np.asarray(user_map.convert("L") if isinstance(user_map, Image.Image) else user_map)
     if grey.ndim == 3:
         grey = grey[..., :3].mean(axis=2)
     if grey.ndim != 2 or grey.size == 0:
@@ -117,13 +107,9 @@ class EdgeExtractor(ModalityExtractor):
 
     def _result(self, edges: np.ndarray) -> ModalityResult:
         extras = {"edge_fraction": float((edges > 0).mean())}
-        return ModalityResult(
-            name=self.name, map=render_edges(edges), raw=edges, extras=extras
-        )
+        return ModalityResult(name=self.name, map=render_edges(edges), raw=edges, extras=extras)
 
     def from_image(self, image: Image.Image, upscaled: bool) -> ModalityResult:
         if not upscaled and self.scale != 1:
-            image = image.resize(
-                (image.width * self.scale, image.height * self.scale), Image.BICUBIC
-            )
+            image = image.resize((image.width * self.scale, image.height * self.scale), Image.BICUBIC)
         return self._result(canny_edges(np.asarray(image)))

@@ -37,9 +37,7 @@ def _grey(image: Image.Image | np.ndarray) -> np.ndarray:
         image = np.asarray(image.convert("L"))
     arr = np.asarray(image)
     if arr.ndim == 3:
-        arr = cv2.cvtColor(
-            np.ascontiguousarray(arr[..., :3]).astype(np.uint8), cv2.COLOR_RGB2GRAY
-        )
+        arr = cv2.cvtColor(np.ascontiguousarray(arr[..., :3]).astype(np.uint8), cv2.COLOR_RGB2GRAY)
     if arr.ndim != 2 or arr.size == 0:
         raise ValueError(f"expected an image, got shape {arr.shape}")
     return arr.astype(np.float32)
@@ -56,12 +54,7 @@ def flatness_stats(image: Image.Image | np.ndarray) -> dict[str, float]:
         )
         grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
     grey = cv2.GaussianBlur(grey, (0, 0), SMOOTH_SIGMA)
-    magnitude = (
-        cv2.magnitude(
-            cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)
-        )
-        / 8.0
-    )
+    magnitude = cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)) / 8.0
     return {
         "mean_gradient": float(magnitude.mean()),
         "edge_fraction": float((magnitude > EDGE_GRADIENT).mean()),
@@ -71,8 +64,5 @@ def flatness_stats(image: Image.Image | np.ndarray) -> dict[str, float]:
 def is_flat(lr: Image.Image | np.ndarray) -> tuple[bool, dict[str, float]]:
     """Whether ``lr`` is too featureless for its spatial maps to be trusted, and the statistics."""
     stats = flatness_stats(lr)
-    flat = (
-        stats["mean_gradient"] < MAX_MEAN_GRADIENT
-        and stats["edge_fraction"] < MAX_EDGE_FRACTION
-    )
+    flat = stats["mean_gradient"] < MAX_MEAN_GRADIENT and stats["edge_fraction"] < MAX_EDGE_FRACTION
     return flat, stats

@@ -18,9 +18,7 @@ from PIL import Image
 
 from .base import BackendUnavailable
 
-GEMINI_URL = (
-    "https://generativelanguage.googleapis.com/v1beta/models/{model}:generateContent"
-)
+GEMINI_URL = "https://generativelanguage.googleapis.com/v1beta/models/{model}:generateContent"
 DEFAULT_GEMINI_MODEL = "gemini-2.5-flash-lite"
 TIMEOUT_S = 15.0
 MAX_SIDE = 768  # the caption needs no more; keeps the request small
@@ -38,9 +36,7 @@ def _png_base64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _request(
-    image: Image.Image, prompt: str, model: str, key: str, max_tokens: int
-) -> urllib.request.Request:
+def _request(image: Image.Image, prompt: str, model: str, key: str, max_tokens: int) -> urllib.request.Request:
     body = {
         "contents": [
             {
@@ -78,9 +74,7 @@ def gemini_caption(
     if key is None:
         raise BackendUnavailable("Gemini: no GEMINI_API_KEY or GOOGLE_API_KEY set")
     try:
-        with urllib.request.urlopen(
-            _request(image, prompt, model, key, max_tokens), timeout=TIMEOUT_S
-        ) as response:
+        with urllib.request.urlopen(_request(image, prompt, model, key, max_tokens), timeout=TIMEOUT_S) as response:
             payload = json.load(response)
         parts = payload["candidates"][0]["content"]["parts"]
         return "".join(part.get("text", "") for part in parts)

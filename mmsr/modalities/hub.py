@@ -68,9 +68,7 @@ def pretrained_kwargs(model_id: str, what: str) -> dict[str, Any]:
     if reason is None:
         return {}
     if not is_cached(model_id):
-        raise BackendUnavailable(
-            f"{what}: {reason} and {model_id} is not in the local Hugging Face cache"
-        )
+        raise BackendUnavailable(f"{what}: {reason} and {model_id} is not in the local Hugging Face cache")
     return {"local_files_only": True}
 
 
@@ -95,9 +93,7 @@ class LazyModel:
         self._given = (model, processor)
         self._pair: tuple[Any, Any] | None = None
         self._error: str | None = None
-        self._lock = (
-            threading.Lock()
-        )  # two app requests must not load the weights twice
+        self._lock = threading.Lock()  # two app requests must not load the weights twice
 
     @property
     def injected(self) -> bool:
@@ -158,22 +154,12 @@ class HubExtractor(ModalityExtractor):
 
     def _load(self, model: Any, processor: Any) -> tuple[Any, Any]:
         """Load what is missing; move the model to ``device``/``dtype`` (``None``: float32), eval mode."""
-        kwargs = (
-            pretrained_kwargs(self.model_id, self.what)
-            if model is None or processor is None
-            else {}
-        )
+        kwargs = pretrained_kwargs(self.model_id, self.what) if model is None or processor is None else {}
         import torch
         import transformers
 
         if processor is None:
-            processor = getattr(transformers, self.processor_class).from_pretrained(
-                self.model_id, **kwargs
-            )
+            processor = getattr(transformers, self.processor_class).from_pretrained(self.model_id, **kwargs)
         if model is None:
-            model = getattr(transformers, self.model_class).from_pretrained(
-                self.model_id, **kwargs
-            )
-        return model.to(
-            device=self.device, dtype=self.dtype or torch.float32
-        ).eval(), processor
+            model = getattr(transformers, self.model_class).from_pretrained(self.model_id, **kwargs)
+        return model.to(device=self.device, dtype=self.dtype or torch.float32).eval(), processor

@@ -83,9 +83,7 @@ LABEL_SPACES = {"voc": _voc()}
 
 def get_label_space(name: str) -> LabelSpace:
     if name not in LABEL_SPACES:
-        raise ValueError(
-            f"unknown label space {name!r}; choose one of {sorted(LABEL_SPACES)}"
-        )
+        raise ValueError(f"unknown label space {name!r}; choose one of {sorted(LABEL_SPACES)}")
     return LABEL_SPACES[name]
 
 
@@ -98,9 +96,7 @@ def label_lookup(id2label: dict[int, str], space: LabelSpace) -> np.ndarray:
     for model_id, label in id2label.items():
         lut[int(model_id)] = space.class_id(label)
     if not lut.any():
-        raise ValueError(
-            f"none of the model's {len(id2label)} classes maps to the {space.name} label space"
-        )
+        raise ValueError(f"none of the model's {len(id2label)} classes maps to the {space.name} label space")
     return lut
 
 
@@ -119,36 +115,24 @@ def render_label_map(ids: np.ndarray, label_space: str = "voc") -> Image.Image:
     return Image.fromarray(space.palette[ids[np.ix_(rows, cols)]])
 
 
-def colors_to_ids(
-    rgb: np.ndarray, space: LabelSpace, tolerance: float = 40.0
-) -> np.ndarray:
+def colors_to_ids(rgb: np.ndarray, space: LabelSpace, tolerance: float = 40.0) -> np.ndarray:
     """Map an RGB image drawn in the space's palette back to class ids (nearest palette colour).
 
     The tolerance (RGB distance) absorbs JPEG noise; VOC palette colours are at least 64 apart.
     Raises ``ValueError`` when more than ``UNMAPPED_TOLERANCE`` of the pixels match no colour.
     """
-    colors = np.concatenate([space.palette, voc_colormap()[VOID_ID:]]).astype(
-        np.float32
-    )
+    colors = np.concatenate([space.palette, voc_colormap()[VOID_ID:]]).astype(np.float32)
     ids_of = np.concatenate([np.arange(space.num_classes), [0]])
     packed = rgb[..., :3].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1])
     unique, inverse = np.unique(packed, return_inverse=True)
-    unique_rgb = np.stack(
-        [(unique >> 16) & 255, (unique >> 8) & 255, unique & 255], axis=1
-    ).astype(np.float32)
+    unique_rgb = np.stack([(unique >> 16) & 255, (unique >> 8) & 255, unique & 255], axis=1).astype(np.float32)
     dist = np.linalg.norm(unique_rgb[:, None, :] - colors[None, :, :], axis=2)
     nearest = dist.argmin(axis=1)
     matched = dist[np.arange(len(unique)), nearest] <= tolerance
     unmatched = float((~matched[inverse]).mean())
     if unmatched > UNMAPPED_TOLERANCE:
-        raise ValueError(
-            f"{unmatched:.0%} of the pixels are not {space.name} palette colours: not a label map"
-        )
-    return (
-        np.where(matched, ids_of[nearest], 0)[inverse]
-        .reshape(rgb.shape[:2])
-        .astype(np.uint8)
-    )
+        raise ValueError(f"{unmatched:.0%} of the pixels are not {space.name} palette colours: not a label map")
+    return np.where(matched, ids_of[nearest], 0)[inverse].reshape(rgb.shape[:2]).astype(np.uint8)
 
 
 def user_label_ids(user_map: Image.Image | np.ndarray, space: LabelSpace) -> np.ndarray:
@@ -165,16 +149,11 @@ def user_label_ids(user_map: Image.Image | np.ndarray, space: LabelSpace) -> np.
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
         rgb = arr[..., :3]
-        if not (
-            np.array_equal(rgb[..., 0], rgb[..., 1])
-            and np.array_equal(rgb[..., 1], rgb[..., 2])
-        ):
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
             return colors_to_ids(rgb, space)
         arr = rgb[..., 0]
     if arr.ndim != 2 or arr.size == 0:
-        raise ValueError(
-            f"expected a label map (HxW ids or HxWx3 palette colours), got shape {arr.shape}"
-        )
+        raise ValueError(f"expected a label map (HxW ids or HxWx3 palette colours), got shape {arr.shape}")
     return _checked_ids(arr.astype(np.int64), space)
 
 

@@ -41,9 +41,7 @@ def semantic_ids(outputs: Any, pixel_mask: Any, size: tuple[int, int]) -> np.nda
         keep_w = math.ceil(int(valid.any(0).sum()) * w / pad_w)
         masks = masks[:, :keep_h, :keep_w]
     scores = torch.einsum("qc,qhw->chw", classes, masks)
-    scores = F.interpolate(
-        scores[None], size=size, mode="bilinear", align_corners=False
-    )[0]
+    scores = F.interpolate(scores[None], size=size, mode="bilinear", align_corners=False)[0]
     return scores.argmax(0).cpu().numpy()
 
 
@@ -108,9 +106,7 @@ class SegmentationExtractor(HubExtractor):
         model, processor = self.model.get()
         if self._lut is None:
             self._lut = label_lookup(model.config.id2label, self.label_space)
-        inputs = processor(images=image, return_tensors="pt").to(
-            device=self.device, dtype=model.dtype
-        )
+        inputs = processor(images=image, return_tensors="pt").to(device=self.device, dtype=model.dtype)
         pixel_mask = inputs.get("pixel_mask")
         with torch.inference_mode():
             outputs = model(pixel_values=inputs["pixel_values"], pixel_mask=pixel_mask)
