@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from .constants import MODALITIES
-from .guidance import CFG_MODES
 from .presets import PRESETS
+from .settings import SPECS
 
 # subcommand -> module with ``add_arguments(parser)`` and ``main(args)``; imported only when used
 COMMANDS = {
@@ -37,26 +37,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--checkpoint", help="MMSR checkpoint dir or repo id (full preset; lite: overrides checkpoints/lite)"
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    p.add_argument("--caption", default="", help="the caption (default: the captioner's, when one is available)")
-    p.add_argument("--negative-prompt", default="")
+    setting_argument(p, "caption")
+    setting_argument(p, "negative_prompt")
     p.add_argument("--no-caption", action="store_true", help="use the empty caption; do not run the captioner")
     for name in MODALITIES:
         p.add_argument(f"--no-{name}", action="store_true", help=f"switch {name} off (m_0)")
         p.add_argument(f"--{name}-map", type=Path, help=f"use this image as the {name} map")
-    p.add_argument("--cfg-mode", default="m-cfg", choices=CFG_MODES)
-    p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
-    p.add_argument("--seed", type=int, default=0)
+    for name in ("cfg_mode", "guidance", "steps", "seed", "strength"):
+        setting_argument(p, name)
     p.add_argument(
-        "--strength",
-        type=float,
-        help="1 = denoise from pure noise (paper); <1 starts from the noised LR (default: preset's)",
+        "--temperature",
+        default="",
+        help=f"{SPECS['temperatures'].describe()} per modality, e.g. depth=0.5,seg=1,edges=2 (default 1)",
     )
-    p.add_argument("--temperature", default="", help="per-modality tau in [0.4, 10], e.g. depth=0.5,seg=1,edges=2")
-    p.add_argument("--refine", action="store_true", help="zero-modal refinement: maps from a first m_0-only pass")
+    p.add_argument("--refine", action="store_true", help=SPECS["refine"].help)
     p.add_argument("--no-flat-guard", action="store_true", help="keep maps even when the input looks flat")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--json", action="store_true", help="print settings, modality sources and per-stage timings")
+
+
+def setting_argument(p: argparse.ArgumentParser, name: str) -> None:
+    """``--name`` with the default, type, choices and help of ``SPECS[name]``; checked when the settings are built."""
+    s = SPECS[name]
+    choices = list(s.choices) or None
+    p.add_argument(f"--{name.replace('_', '-')}", type=s.type, default=s.default, choices=choices, help=s.describe())
 
 
 def main(args: argparse.Namespace) -> None:
@@ -82,11 +86,11 @@ def main(args: argparse.Namespace) -> None:
             seed=args.seed,
             strength=args.strength,
             modalities={k: not getattr(args, f"no_{k}") for k in MODALITIES},
-            temperatures={**dict.fromkeys(MODALITIES, 1.0), **parse_temperatures(args.temperature)},
+            temperatures=parse_temperatures(args.temperature),
             auto_caption=not args.no_caption,
             refine=args.refine,
             flat_guard=not args.no_flat_guard,
-        ).validated()
+        )
         engine = Engine.load(args.preset, checkpoint=args.checkpoint, device=args.device)
         result = engine.upscale(lr, settings, user_maps=user_maps)
     except (ImageError, ValueError, PresetUnavailable, ResourceError) as e:

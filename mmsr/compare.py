@@ -215,7 +215,6 @@ def compare(
     The baseline gets the caption MMSR used (the captioner's when ``settings.caption`` is empty).
     """
     baselines = baselines or {}
-    settings = replace(settings).validated()
     if baseline != TEXT_ONLY:
         check_baseline(baseline, baselines)  # fail before the diffusion, not after
 

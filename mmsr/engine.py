@@ -23,7 +23,7 @@ from .imageio import check_map_shape, check_size, pil_to_tensor, tensor_to_pil
 from .modalities import EXTRACTORS, ExtractorCache, ModalityResult, extract_all
 from .pipeline import MMSRPipeline
 from .presets import get_preset, load_pipeline
-from .settings import UpscaleSettings, sanitize_text
+from .settings import UpscaleSettings
 
 MAX_LR_SIDE = 512
 
@@ -152,8 +152,7 @@ class Engine:
         Running out of memory raises :class:`mmsr.errors.ResourceError` (with what to change) after
         the memory is released, so the engine keeps serving.
         """
-        caption_notes = sanitize_text(settings.caption)[1]  # validation cuts silently: say so here
-        settings = replace(settings).validated()
+        caption_notes = list(settings.notes)  # e.g. the cut of an overlong caption, made when settings were built
         check_size(lr, MAX_LR_SIDE)
         try:
             return self._upscale(lr, settings, user_maps, callback, caption_notes)

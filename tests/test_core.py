@@ -220,5 +220,5 @@ def test_overlong_caption_cut_is_reported_to_the_user(tiny_pipe, astronaut_lr):
     engine = Engine(tiny_pipe, "tiny-random")
     settings = UpscaleSettings(caption="a cat " * 1000, steps=1, modalities=dict.fromkeys(MODALITIES, False))
     result = engine.upscale(astronaut_lr, settings)
-    assert len(result.caption) == MAX_CAPTION_CHARS
+    assert len(result.caption) <= MAX_CAPTION_CHARS
     assert any(f"kept the first {MAX_CAPTION_CHARS}" in w for w in result.warnings)
