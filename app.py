@@ -18,65 +18,296 @@ except ImportError:  # pragma: no cover - the requirements install it
         return task if callable(task) else (lambda fn: fn)
 
 
+import inspect
 import json
 import os
-import random
-import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from mmsr.compare import (
-    SCALE,
-    TEXT_ONLY,
-    BaselineCache,
-    baseline_options,
-    checkpoint_digest,
-    checkpoint_hashes,
-    compare,
-    component_status,
-    pixel_sha256,
-    run_record,
-    score_rows,
-    settings_from_record,
-    timing_rows,
-)
+from mmsr.compare import TEXT_ONLY
 from mmsr.conditioning import MODALITIES
-from mmsr.connector import TAU_RANGE
-from mmsr.errors import ResourceError
-from mmsr.guidance import CFG_MODES
-from mmsr.imageio import ImageError, check_size, downscale_to_fit, load_image
-from mmsr.settings import SEED_RANGE, UpscaleSettings
+from mmsr.demo import HOW_TO, Control, Demo, DemoError, lab_folders, open_report
+from mmsr.demo.status import CONTEXT
+from mmsr.settings import spec
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "assets" / "examples"
+LAB_ROOT = Path(os.environ.get("MMSR_LAB_ROOT", ROOT / "runs"))
 MAX_FILE_SIZE = "20mb"
 QUEUE_SIZE = 16
-BASELINE_ORDER = ("sd-x4-upscaler", "realesrgan", "bicubic")  # after text-only MMSR, which `compare` runs itself
-MODALITY_LABELS = {"depth": "Depth", "seg": "Segmentation", "edges": "Edges (Canny)"}
-STAGES = {"mmsr": "MMSR denoising", "scores": "scoring"}
+BASELINE_ORDER = ("realesrgan", "sd-x4-upscaler", "bicubic")  # after text-only MMSR, which `compare` runs itself
 INTRO = """
 # MMSR Lab: multimodal diffusion super-resolution
-x4 super-resolution conditioned on a caption **and** depth, segmentation and edge maps, after
-Mei et al., [*The Power of Context: How Multimodality Improves Image Super-Resolution*](https://arxiv.org/abs/2503.14503)
-(CVPR 2025). Upload a small image (or pick an example), check the context, press **Run**, and compare
-MMSR with a baseline. Switch a modality off (it becomes the null token m₀) or change its
-temperature (smaller = stronger influence) and run again: only the diffusion re-runs.
+x4 super-resolution guided by a caption and depth, segmentation and edge maps (Mei et al., CVPR 2025).
+Upload a small image or pick an example below, edit the caption, press **Run**, and drag the slider.
 """
-HEATMAP_HELP = (
-    "**LR-consistency**: |bicubic-downscaled SR − LR| per pixel, 0 (dark) to 64 grey levels (bright). "
-    "Bright regions do not downscale back to the input: that content was invented."
-)
 PROGRESS = gr.Progress(track_tqdm=True)  # gradio fills in the event's tracker
 CSS = """
 .card {border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg); padding: 6px}
-.source {font-size: 0.85em; min-height: 3.2em}
-.status {font-size: 0.9em}
+.small {font-size: 0.9em}
+footer, footer a, footer button {color: #374151 !important}
+#result-slider {min-height: 300px}
+@media (max-width: 640px) { #scores table {font-size: 0.85em} }
 """
+HEAD = """<script>
+const ALT = {"result-slider": ["MMSR result", "baseline result"], "result-gallery": ["result gallery image"],
+  "heat-mmsr": ["LR-consistency map of MMSR"], "heat-base": ["LR-consistency map of the baseline"],
+  "changes-heat": ["difference between the previous and the current MMSR result"]};
+new MutationObserver(() => { for (const [id, alts] of Object.entries(ALT)) {
+  document.querySelectorAll(`#${id} img`).forEach((img, i) => { if (!img.alt) img.alt = alts[Math.min(i, alts.length - 1)]; });
+} }).observe(document.documentElement, {subtree: true, childList: true});
+</script>"""
+THEME_TEXT = {"block_label_text_color": "*neutral_700", "block_title_text_color": "*neutral_800",
+              "input_placeholder_color": "*neutral_500", "body_text_color_subdued": "*neutral_600"}  # fmt: skip
+
+# Every component of the page by field name; a handler's keyword arguments and returned keys use them.
+PER_MODALITY = ("preview", "source", "on", "tau", "map")
+FIELDS = (
+    ("image", "caption", "recaption", "run", "stop", "info", "slider", "run_status", "dl_mmsr", "dl_base")
+    + ("dl_json", "gallery", "scores", "scores_note", "timings", "heat_mmsr", "heat_base", "changes_heat")
+    + tuple(f"{m}_{part}" for m in MODALITIES for part in PER_MODALITY)
+    + ("cfg_mode", "guidance", "steps", "strength", "settings_note", "seed", "dice", "baseline", "negative")
+    + ("refine", "downscale", "hr", "import_json", "import_note", "lab_folder", "lab_refresh", "lab_report")
+    + ("previous",)
+)
+SWITCHES = tuple(f"{m}_on" for m in MODALITIES)
+TAUS = tuple(f"{m}_tau" for m in MODALITIES)
+MAPS = tuple(f"{m}_map" for m in MODALITIES)
+CONTROLS = ("caption", "negative", "cfg_mode", "guidance", "steps", "strength", "seed", "refine", *SWITCHES, *TAUS)
+PREPARE_INPUTS = ("image", "downscale", *SWITCHES, *MAPS)
+RUN_INPUTS = ("image", *CONTROLS, *MAPS, "hr", "downscale", "baseline", "previous")
+RUN_OUTPUTS = ("slider", "gallery", "heat_mmsr", "heat_base", "scores", "scores_note", "timings", "caption")
+RUN_OUTPUTS += tuple(f"{m}_{p}" for m in MODALITIES for p in ("preview", "source", "tau"))
+RUN_OUTPUTS += ("dl_mmsr", "dl_base", "dl_json", "changes_heat", "run_status", "previous")
+NOTE_INPUTS = ("steps", "strength", "baseline", *SWITCHES)
+DOWNLOADS = ("dl_mmsr", "dl_base", "dl_json")
+
+
+def _examples() -> list[list[str]]:
+    captions = json.loads((EXAMPLES / "examples.json").read_text())
+    return [[str(EXAMPLES / name), caption] for name, caption in captions.items()]
+
+
+def _update(name: str, value):
+    """A handler's plain value as what gradio sets on the component ``name``."""
+    if isinstance(value, Control):
+        kwargs = {} if value.value is None else {"value": value.value}
+        return gr.update(interactive=value.enabled, info=value.note or None, **kwargs)
+    if name in DOWNLOADS:
+        return gr.update(value=value, interactive=value is not None)
+    return value
+
+
+def wire(ui: dict, fn, inputs: tuple[str, ...], outputs: tuple[str, ...], *, session=False, progress=False):
+    """``fn(**{field: value})`` -> ``{field: value}`` as a gradio handler over the components ``ui``.
+
+    The handler's signature names the fields (the API's parameter names); ``DemoError`` becomes one
+    ``gr.Error``. With ``session`` or ``progress``, ``fn`` also gets the session id or a progress callback.
+    """
+
+    def handler(*values, request: gr.Request | None = None, bar=PROGRESS):
+        kwargs = dict(zip(inputs, values, strict=True))
+        if session:
+            kwargs["session"] = getattr(request, "session_hash", None) or ""
+        if progress:
+            kwargs["progress"] = lambda i, total, desc: bar((i, total), desc=desc, unit="steps")
+        try:
+            out = fn(**kwargs) or {}
+        except DemoError as e:
+            raise gr.Error(str(e)) from e
+        unknown = set(out) - set(outputs)
+        assert not unknown, f"{fn.__name__} returned fields it is not wired to: {sorted(unknown)}"
+        return {ui[name]: _update(name, value) for name, value in out.items()}
+
+    params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in inputs]
+    params += [inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=gr.Request)]
+    params += [inspect.Parameter("bar", inspect.Parameter.KEYWORD_ONLY, default=PROGRESS)]
+    handler.__signature__ = inspect.Signature(params)
+    handler.__name__ = fn.__name__
+    return dict(fn=handler, inputs=[ui[n] for n in inputs], outputs=[ui[n] for n in outputs])
+
+
+def _slider(name: str, **kwargs) -> gr.Slider:
+    """A slider whose bounds, step and default come from ``UpscaleSettings``' table."""
+    s = spec(name)
+    return gr.Slider(s.min, s.max, step=s.step, **({"value": s.default} | kwargs))
+
+
+def _input_column(ui: dict, demo: Demo) -> None:
+    ui["image"] = upload_image(label="Low-resolution input (upload or paste)", elem_id="lr-input", type="filepath",
+                               image_mode=None, sources=["upload", "clipboard"], height=220, format="png")  # fmt: skip
+    with gr.Row(equal_height=True):
+        ui["caption"] = gr.Textbox("", label="Caption (editable)", elem_id="caption", lines=2, scale=5,
+                                   placeholder="Describe the picture, e.g. a cat on a wooden floor")  # fmt: skip
+        ui["recaption"] = gr.Button("Re-caption", size="sm", scale=1, min_width=90, elem_id="recaption",
+                                    interactive=not demo.captioner_reason)  # fmt: skip
+    with gr.Row():
+        ui["run"] = gr.Button("Run", variant="primary", size="lg", scale=3, elem_id="run-btn")
+        ui["stop"] = gr.Button("Stop", variant="stop", size="lg", scale=1, elem_id="stop-btn")
+    gr.Markdown(demo.captioner_reason, elem_classes="small")
+    ui["info"] = gr.Markdown("", elem_id="input-info", elem_classes="small")
+
+
+def _result_column(ui: dict) -> None:
+    ui["slider"] = gr.ImageSlider(label="MMSR (left) ⟷ baseline (right)", elem_id="result-slider", type="pil",
+                                  format="png", height=420)  # fmt: skip
+    ui["run_status"] = gr.Markdown("", elem_id="run-status")
+    with gr.Row():
+        for name, label in zip(DOWNLOADS, ("Download MMSR", "Download baseline", "Export settings"), strict=True):
+            ui[name] = gr.DownloadButton(label, size="sm", interactive=False, min_width=120)
+
+
+def _compare_tab(ui: dict) -> None:
+    ui["gallery"] = gr.Gallery(label="LR (nearest) · bicubic · baseline · MMSR", elem_id="result-gallery",
+                               columns=2, format="png", height="auto", object_fit="contain")  # fmt: skip
+    ui["scores"] = gr.Dataframe(label="Scores (↑ higher is better, ↓ lower is better)", elem_id="scores",
+                                interactive=False, wrap=True)  # fmt: skip
+    ui["scores_note"] = gr.Markdown("", elem_classes="small")
+    gr.Markdown("**What changed**: |previous − current| MMSR output, 0 (dark) to 64 grey levels (bright).")
+    ui["changes_heat"] = gr.Image(label="change since the previous run", elem_id="changes-heat", format="png",
+                                  interactive=False, height=300)  # fmt: skip
+    gr.Markdown("**LR-consistency**: |downscaled SR − LR|; bright regions do not downscale back to the input.")
+    with gr.Row():
+        ui["heat_mmsr"] = gr.Image(label="residual: MMSR", elem_id="heat-mmsr", format="png", interactive=False)
+        ui["heat_base"] = gr.Image(label="residual: baseline", elem_id="heat-base", format="png", interactive=False)
+    ui["timings"] = gr.Dataframe(label="Per-stage timings", interactive=False, max_height=260)
+
+
+def _context_tab(ui: dict) -> None:
+    with gr.Row(equal_height=True):
+        for m in MODALITIES:
+            label = CONTEXT[m].label
+            with gr.Column(min_width=220, elem_classes="card"):
+                ui[f"{m}_preview"] = gr.Image(label=f"{label} map", interactive=False, height=170, format="png")
+                ui[f"{m}_source"] = gr.Markdown("", elem_classes="small")
+                ui[f"{m}_on"] = gr.Checkbox(value=spec("modalities").default, label=f"Use {label.lower()} (off = m₀)")
+                ui[f"{m}_tau"] = _slider("temperatures", label=f"{label} temperature τ (smaller = stronger)")
+                with gr.Accordion(f"{label}: upload your own map", open=False):
+                    ui[f"{m}_map"] = upload_image(label=f"your own {label.lower()} map", type="filepath",
+                                                  sources=["upload"], height=120)  # fmt: skip
+
+
+def _settings_tab(ui: dict, demo: Demo) -> None:
+    with gr.Row():
+        ui["cfg_mode"] = gr.Radio(list(spec("cfg_mode").choices), value=spec("cfg_mode").default,
+                                  label="guidance mode (negative branch)")  # fmt: skip
+        ui["guidance"] = _slider("guidance", label="guidance w (0 = off)")
+        ui["steps"] = _slider("steps", value=demo.engine.preset.default_steps, label="denoising schedule (steps)")
+        ui["strength"] = _slider("strength", value=demo.default_strength(), label="strength (1 = from pure noise)",
+                                 visible=demo.default_strength() < 1)  # fmt: skip
+    ui["settings_note"] = gr.Markdown(
+        demo.settings_note(demo.engine.preset.default_steps, baseline=demo.default_baseline())
+    )
+    with gr.Row(equal_height=True):
+        s = spec("seed")
+        ui["seed"] = gr.Number(value=s.default, precision=0, minimum=s.min, maximum=s.max, label="seed")
+        ui["dice"] = gr.Button("Random seed", size="sm", scale=0, min_width=120)
+        ui["baseline"] = gr.Dropdown(demo.baseline_choices(), value=demo.default_baseline(), label="compare with")
+        ui["negative"] = gr.Textbox("", label="negative prompt", placeholder="e.g. blurry, noisy")
+    with gr.Row():
+        ui["refine"] = gr.Checkbox(value=spec("refine").default, label="zero-modal refinement (two passes)")
+        ui["downscale"] = gr.Checkbox(value=True, label=f"downscale inputs larger than {demo.max_side} px")
+    with gr.Accordion("HR reference (optional, for PSNR/SSIM/LPIPS/DISTS)", open=False):
+        ui["hr"] = upload_image(label="HR reference", type="filepath", image_mode=None, sources=["upload"], height=160)
+    with gr.Row(equal_height=True):
+        ui["import_json"] = gr.UploadButton("Import settings (JSON)", file_types=[".json"], size="sm")
+        ui["import_note"] = gr.Markdown("")
+
+
+def _lab_tab(ui: dict) -> None:
+    names = list(lab_folders(LAB_ROOT))
+    first = names[0] if names else None
+    with gr.Row(equal_height=True):
+        ui["lab_folder"] = gr.Dropdown(names, value=first, label="lab results", scale=4)
+        ui["lab_refresh"] = gr.Button("refresh list", scale=1)
+    gr.Markdown(HOW_TO, elem_classes="small")
+    ui["lab_report"] = gr.Markdown(open_report(first, LAB_ROOT) if first else "", elem_id="lab-report")
+
+
+def _layout(demo: Demo) -> dict:
+    ui: dict = {}
+    gr.Markdown(INTRO)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=320):
+            _input_column(ui, demo)
+        with gr.Column(scale=6, min_width=320):
+            _result_column(ui)
+    gr.Examples(_examples(), inputs=[ui["image"], ui["caption"]], label="Examples (image and caption)")
+    with gr.Tabs():
+        with gr.Tab("Compare in detail"):
+            _compare_tab(ui)
+        with gr.Tab("Context maps"):
+            _context_tab(ui)
+        with gr.Tab("Settings"):
+            _settings_tab(ui, demo)
+        with gr.Tab("What runs here"):
+            gr.Markdown(demo.status(), elem_id="status")
+        with gr.Tab("Lab reports"):
+            _lab_tab(ui)
+    ui["previous"] = gr.State(None)
+    assert tuple(ui) == FIELDS or set(ui) == set(FIELDS), sorted(set(ui) ^ set(FIELDS))
+    return ui
+
+
+def _wire_inputs(ui: dict, demo: Demo) -> None:
+    gpu = {"concurrency_id": "gpu"}
+    cards = tuple(f"{m}_{p}" for m in MODALITIES for p in ("preview", "source", "tau"))
+    check = ui["image"].change(**wire(ui, demo.check, ("image", "downscale"), ()), api_name="check_input", **gpu)
+    check.success(**wire(ui, demo.prepare, PREPARE_INPUTS, (*cards, "info")), api_name="prepare", **gpu)
+    check.failure(lambda: (None, ""), None, [ui["image"], ui["info"]], api_name="clear_input", queue=False)
+    for m in (*SWITCHES, *MAPS):
+        ui[m].change(**wire(ui, demo.prepare, PREPARE_INPUTS, (*cards, "info")), api_name=f"prepare_{m}", **gpu)
+    # the upload's `check` reports a bad file; the caption event then stays silent (no second message)
+    describe = wire(ui, demo.caption, ("image", "downscale"), ("caption",))
+    ui["image"].upload(**describe, api_name="auto_caption", preprocess=False, show_progress="hidden", **gpu)
+    ui["recaption"].click(**describe, api_name="recaption", preprocess=False, **gpu)
+    for name in NOTE_INPUTS:
+        ui[name].change(**wire(ui, demo.settings_note, NOTE_INPUTS, ("settings_note",)),
+                        api_name=f"settings_note_{name}", queue=False)  # fmt: skip
+
+
+def _wire_run(ui: dict, demo: Demo) -> None:
+    gpu = {"concurrency_id": "gpu"}
+    go = ui["run"].click(**wire(ui, demo.check_run, ("image", "downscale"), ()), api_name="check_run", queue=False)
+    run = go.success(**wire(ui, demo.run, RUN_INPUTS, RUN_OUTPUTS, session=True, progress=True), api_name="run", **gpu)
+    run.then(**wire(ui, demo.settings_note, NOTE_INPUTS, ("settings_note",)), api_name="settings_note", queue=False)
+    ui["stop"].click(**wire(ui, demo.stop, (), (), session=True), api_name="stop", concurrency_limit=None)
+    ui["dice"].click(**wire(ui, lambda: {"seed": demo.random_seed()}, (), ("seed",)), api_name="random_seed",
+                     queue=False)  # fmt: skip
+    imported = (*CONTROLS, "baseline", "import_note")
+    ui["import_json"].upload(**wire(ui, demo.import_settings, ("import_json", "image", "downscale"), imported),
+                             api_name="import_settings")  # fmt: skip
+
+
+def _wire_lab(ui: dict) -> None:
+    def folders() -> dict:
+        return {"lab_folder": gr.update(choices=list(lab_folders(LAB_ROOT)))}
+
+    def report(lab_folder) -> dict:
+        try:
+            return {"lab_report": open_report(lab_folder, LAB_ROOT) if lab_folder else ""}
+        except ValueError as e:
+            raise DemoError(str(e)) from e
+
+    ui["lab_refresh"].click(**wire(ui, folders, (), ("lab_folder",)), api_name="lab_folders")
+    ui["lab_folder"].change(**wire(ui, report, ("lab_folder",), ("lab_report",)), api_name="lab_report")
+
+
+def build_demo(engine, scorer=None, baselines=None, **options) -> gr.Blocks:
+    """The page around one :class:`mmsr.demo.Demo`; ``options`` go to it (checkpoint, notice, max_side)."""
+    probe = Image.open(EXAMPLES / "astronaut.png").convert("RGB")
+    demo = Demo(engine, scorer, baselines, probe=probe, **options)
+    for name, seconds in (("prepare", 60), ("caption", 60), ("run", 180)):  # GPU work; no-op off ZeroGPU
+        setattr(demo, name, GPU(duration=seconds)(getattr(demo, name)))
+    with gr.Blocks(title="MMSR Lab", delete_cache=(3600, 7200)) as page:
+        ui = _layout(demo)
+        _wire_inputs(ui, demo)
+        _wire_run(ui, demo)
+        _wire_lab(ui)
+    page.lab, page.ui = demo, ui
+    return page
 
 
 def upload_image(**kwargs) -> gr.Image:
@@ -103,505 +334,10 @@ def upload_image(**kwargs) -> gr.Image:
     return image
 
 
-class RunCancelled(Exception):
-    """The user pressed Stop."""
-
-
-def _yes(ok: bool) -> str:
-    return "✓" if ok else "✗"
-
-
-def _short(text: str, limit: int = 110) -> str:
-    """Long reasons trimmed for a card; the status table keeps them whole."""
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-class Lab:
-    """The demo's handlers: plain values in, plain values out (testable without a browser).
-
-    Args:
-        engine: a loaded :class:`mmsr.engine.Engine`.
-        scorer: a :class:`mmsr.metrics.Scorer`, or ``None`` for LR-consistency only.
-        baselines: ``{name: Baseline}`` besides text-only MMSR, which is always offered.
-        checkpoint: the checkpoint folder or repo id (recorded in exported settings).
-        notice: a warning for the status line (e.g. the preset fallback).
-        max_side: longest LR side accepted (larger inputs are downscaled or refused).
-    """
-
-    def __init__(self, engine, scorer=None, baselines=None, *, checkpoint=None, notice="", max_side=256):
-        self.engine, self.scorer, self.baselines = engine, scorer, dict(baselines or {})
-        self.checkpoint, self.notice, self.max_side = checkpoint, notice, max_side
-        self.hashes = checkpoint_hashes(checkpoint)
-        self.options = baseline_options(self.baselines)
-        self.cache = BaselineCache()
-        self.workdir = Path(tempfile.mkdtemp(prefix="mmsr-lab-"))
-        self._cancelled: set[str] = set()
-        probe = Image.open(EXAMPLES / "astronaut.png").convert("RGB")
-        self.components = component_status(engine, scorer, self.options, probe)
-        for name, seconds in (("prepare", 60), ("caption", 60), ("run", 180)):  # GPU work; no-op off ZeroGPU
-            setattr(self, name, GPU(duration=seconds)(getattr(self, name)))
-
-    # -- status -----------------------------------------------------------------------------------
-
-    def status(self) -> tuple[str, str]:
-        """A one-line summary and a table of every component with why it is unavailable."""
-        rows = self.components
-        counts = {
-            kind: f"{sum(ok for k, _, ok, _ in rows if k == kind)}/{sum(k == kind for k, *_ in rows)}"
-            for kind in ("extractor", "baseline", "metric")
-        }
-        digest = checkpoint_digest(self.hashes)[:12]
-        line = (
-            f"**Preset `{self.engine.preset.name}`** on `{self.engine.pipeline.device}`"
-            + (f" · checkpoint `{digest}…` ({len(self.hashes)} safetensors files)" if digest else " · random weights")
-            + f" · extractors {counts['extractor']} · baselines {counts['baseline']}"
-            + f" · metrics {counts['metric']} available (details below)"
-        )
-        if self.notice:
-            line = f"⚠ **{self.notice}**\n\n{line}"
-        table = "| kind | component | available | source or why not |\n|---|---|---|---|\n" + "\n".join(
-            f"| {kind} | {name} | {_yes(ok)} | {why or ''} |" for kind, name, ok, why in rows
-        )
-        return line, table
-
-    def baseline_choices(self) -> list[tuple[str, str]]:
-        return [(label, name) for name, (label, ok, _) in self.options.items() if ok]
-
-    # -- inputs -----------------------------------------------------------------------------------
-
-    def load_lr(self, image: str | Image.Image | None, downscale: bool = True) -> Image.Image:
-        """The user's image as RGB within the preset's limits, or a ``gr.Error`` saying why not."""
-        if image is None:
-            raise gr.Error("Upload an image first (or pick an example).")
-        try:
-            lr, notes = load_image(image)
-            if downscale and max(lr.size) > self.max_side:
-                notes.append(f"downscaled the {lr.width}x{lr.height} input to fit {self.max_side} px")
-                lr = downscale_to_fit(lr, self.max_side)
-            check_size(lr, self.max_side)
-        except ImageError as e:
-            raise gr.Error(str(e)) from e
-        for note in notes:
-            gr.Warning(note)
-        return lr
-
-    @staticmethod
-    def _user_map(path: str | None, name: str) -> Image.Image | None:
-        if not path:
-            return None
-        try:
-            return load_image(path)[0]
-        except ImageError as e:
-            raise gr.Error(f"your {name} map: {e}") from e
-
-    def _cards(self, results: dict) -> list:
-        """Map preview and source line per modality card."""
-        out = []
-        for name in MODALITIES:
-            r = results.get(name)
-            if r is None:
-                out += [None, ""]
-            elif r.available:
-                cached = " · cached" if r.extras.get("cached") else ""
-                out += [r.map, f"source: **{r.source}** ({r.seconds:.2f} s{cached})"]
-            else:
-                out += [None, f"**m₀**: {_short(r.reason)}"]
-        return out
-
-    # -- handlers ---------------------------------------------------------------------------------
-
-    def prepare(self, image, downscale, depth_on, seg_on, edges_on, depth_map, seg_map, edges_map, progress=PROGRESS):
-        """Extract the context maps of a new input (cached); returns the card contents and an info line."""
-        if image is None:
-            return [None, ""] * len(MODALITIES) + [""]
-        lr = self.load_lr(image, downscale)
-        progress(0.5, desc="extracting depth, segmentation, edges")
-        enabled = dict(zip(MODALITIES, (depth_on, seg_on, edges_on), strict=True))
-        maps = {k: self._user_map(p, k) for k, p in zip(MODALITIES, (depth_map, seg_map, edges_map), strict=True)}
-        try:
-            results = self.engine.extract(lr, enabled, {k: m for k, m in maps.items() if m is not None})
-        except ImageError as e:
-            raise gr.Error(str(e)) from e
-        info = f"input {lr.width}x{lr.height} → output {SCALE * lr.width}x{SCALE * lr.height}"
-        return [*self._cards(results), info]
-
-    def caption(self, image, downscale):
-        """The captioner's caption of the input, or the empty string with a warning saying why."""
-        if image is None:
-            return ""
-        result = self.engine.caption(self.load_lr(image, downscale))
-        if not result.available:
-            gr.Warning(f"No automatic caption ({result.reason}). Type one, or leave it empty.")
-            return ""
-        return result.text
-
-    def run(
-        self,
-        image,
-        caption,
-        negative,
-        cfg_mode,
-        guidance,
-        steps,
-        seed,
-        baseline,
-        depth_on,
-        seg_on,
-        edges_on,
-        depth_tau,
-        seg_tau,
-        edges_tau,
-        depth_map,
-        seg_map,
-        edges_map,
-        hr=None,
-        downscale=True,
-        refine=False,
-        request: gr.Request | None = None,
-        progress=PROGRESS,
-    ):
-        """Super-resolve with MMSR and the chosen baseline (same seed and settings); see ``outputs``."""
-        lr = self.load_lr(image, downscale)
-        try:
-            settings = UpscaleSettings(
-                caption=caption or "",
-                negative_prompt=negative or "",
-                cfg_mode=cfg_mode,
-                guidance=float(guidance),
-                steps=int(steps),
-                seed=int(seed),
-                refine=bool(refine),
-                modalities=dict(zip(MODALITIES, map(bool, (depth_on, seg_on, edges_on)), strict=True)),
-                temperatures=dict(zip(MODALITIES, map(float, (depth_tau, seg_tau, edges_tau)), strict=True)),
-            ).validated()
-        except (TypeError, ValueError) as e:
-            raise gr.Error(f"settings: {e}") from e
-        paths = dict(zip(MODALITIES, (depth_map, seg_map, edges_map), strict=True))
-        maps = {k: m for k, p in paths.items() if (m := self._user_map(p, k)) is not None}
-        hr_image = self._user_map(hr, "HR reference")
-        session = getattr(request, "session_hash", None) or ""
-        self._cancelled.discard(session)
-
-        def report(stage: str, i: int, total: int) -> None:
-            if session in self._cancelled:
-                raise RunCancelled
-            label = STAGES.get(stage) or f"baseline: {self.options.get(stage, (stage,))[0]}"
-            progress((i, total), desc=label, unit="steps")
-
-        try:
-            result = compare(
-                self.engine,
-                lr,
-                settings,
-                baseline=baseline,
-                baselines=self.baselines,
-                scorer=self.scorer,
-                user_maps=maps,
-                hr=hr_image,
-                progress=report,
-                cache=self.cache,
-            )
-        except RunCancelled:
-            raise gr.Error("Stopped.") from None
-        except (ImageError, ValueError, ResourceError) as e:
-            raise gr.Error(str(e)) from e
-        shown_on_cards = tuple(f"{k}: using m_0" for k in MODALITIES)
-        for note in result.warnings:
-            if not note.startswith(shown_on_cards):
-                gr.Warning(note)
-        return self.outputs(result)
-
-    def outputs(self, result) -> list:
-        """Slider, gallery, two heatmaps, scores, timings, caption, cards, three downloads, notes."""
-        mmsr = result.mmsr
-        nearest = mmsr.lr.resize(mmsr.image.size, Image.Resampling.NEAREST)
-        gallery = [
-            (nearest, "LR input (nearest)"),
-            (result.bicubic, "Bicubic"),
-            (result.baseline, result.baseline_label),
-            (mmsr.image, "MMSR"),
-        ]
-        record = run_record(
-            result,
-            preset=self.engine.preset.name,
-            checkpoint=None if self.checkpoint is None else str(self.checkpoint),
-            hashes=self.hashes,
-        )
-        folder = self._run_folder(record["output"]["sha256"][:16])
-        mmsr.image.save(folder / "mmsr.png")
-        result.baseline.save(folder / f"{result.baseline_name}.png")
-        (folder / "mmsr-run.json").write_text(json.dumps(record, indent=2))
-        notes = "\n".join(f"- {w}" for w in result.warnings) or "No warnings."
-        return [
-            (mmsr.image, result.baseline),
-            gallery,
-            result.heatmaps["mmsr"],
-            result.heatmaps["baseline"],
-            pd.DataFrame(
-                [[*r[:4], _short(r[4], 60)] for r in score_rows(result)],
-                columns=["metric", "better", "MMSR", result.baseline_name, "note"],
-            ),
-            pd.DataFrame(timing_rows(result), columns=["stage", "seconds", "note"]),
-            mmsr.caption,
-            *self._cards(mmsr.modalities),
-            str(folder / "mmsr.png"),
-            str(folder / f"{result.baseline_name}.png"),
-            str(folder / "mmsr-run.json"),
-            f"**Modalities:** {', '.join(f'{k}: {v}' for k, v in mmsr.sources().items())}\n\n{notes}",
-        ]
-
-    def _run_folder(self, name: str, keep: int = 32) -> Path:
-        folders = sorted(self.workdir.iterdir(), key=lambda p: p.stat().st_mtime)
-        for old in folders[: max(0, len(folders) - keep + 1)]:
-            shutil.rmtree(old, ignore_errors=True)
-        folder = self.workdir / f"{time.strftime('%H%M%S')}-{name}"
-        folder.mkdir(exist_ok=True)
-        return folder
-
-    def stop(self, request: gr.Request | None = None) -> None:
-        """Ask the running diffusion of this session to stop at its next step."""
-        self._cancelled.add(getattr(request, "session_hash", None) or "")
-
-    @staticmethod
-    def random_seed() -> int:
-        return random.randint(*SEED_RANGE)
-
-    def import_settings(self, path: str | None, image=None, downscale=True) -> list:
-        """Controls from an exported run JSON: caption, negative, cfg, guidance, steps, seed, baseline,
-        switches, temperatures, refinement, and a note on what differs from this app."""
-        if not path:
-            raise gr.Error("Choose a run JSON exported by this app.")
-        try:
-            record = json.loads(Path(path).read_text())
-            settings, baseline, notes = settings_from_record(record)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as e:
-            raise gr.Error(f"could not import the settings: {e}") from e
-        if record.get("preset") != self.engine.preset.name:
-            notes.append(f"recorded with preset {record.get('preset')!r}; this app runs {self.engine.preset.name!r}")
-        elif (record.get("checkpoint") or {}).get("sha256", {}) != self.hashes:
-            notes.append("recorded with other checkpoint weights (sha256 differs): the output will differ")
-        if image is not None and pixel_sha256(self.load_lr(image, downscale)) != record.get("input", {}).get("sha256"):
-            notes.append("the current input differs from the recorded one")
-        if baseline not in {name for _, name in self.baseline_choices()}:
-            notes.append(f"baseline {baseline!r} is unavailable here; kept the current choice")
-            baseline = gr.update()
-        for note in notes:
-            gr.Warning(note)
-        s = settings
-        return [
-            s.caption,
-            s.negative_prompt,
-            s.cfg_mode,
-            s.guidance,
-            s.steps or self.engine.preset.default_steps,
-            s.seed,
-            baseline,
-            *(s.modalities[k] for k in MODALITIES),
-            *(s.temperatures[k] for k in MODALITIES),
-            s.refine,
-            "Imported: " + (" · ".join(notes) or "settings match this app; upload the same input and Run."),
-        ]
-
-
-def _examples() -> list[list[str]]:
-    captions = json.loads((EXAMPLES / "examples.json").read_text())
-    return [[str(EXAMPLES / name), caption] for name, caption in captions.items()]
-
-
-LAB_ROOT = Path(os.environ.get("MMSR_LAB_ROOT", ROOT / "runs"))
-
-
-def lab_folders() -> list[str]:
-    """Lab result folders under ``LAB_ROOT``: the only ones the page opens (no arbitrary paths)."""
-    if not LAB_ROOT.is_dir():
-        return []
-    found = [*LAB_ROOT.glob("results.csv"), *LAB_ROOT.glob("*/results.csv"), *LAB_ROOT.glob("*/*/results.csv")]
-    return sorted(str(p.parent.relative_to(LAB_ROOT)) for p in found)
-
-
-def open_lab_report(name: str):
-    """Markdown and plots of a ``python -m mmsr lab run`` results folder (built by ``lab report``)."""
-    from mmsr.lab.report import load_report
-
-    if name not in lab_folders():
-        raise gr.Error(f"no lab results named {name!r} under {LAB_ROOT}")
-    try:
-        markdown, plots = load_report(LAB_ROOT / name)
-    except ValueError as e:
-        raise gr.Error(str(e)) from e
-    return markdown, [str(p) for p in plots]
-
-
-def build_demo(engine, scorer=None, baselines=None, **lab_options) -> gr.Blocks:
-    """The whole UI around one :class:`Lab`; ``lab_options`` go to ``Lab`` (checkpoint, notice, max_side)."""
-    lab = Lab(engine, scorer, baselines, **lab_options)
-    status_line, status_table = lab.status()
-    with gr.Blocks(title="MMSR Lab", delete_cache=(3600, 7200)) as demo:
-        gr.Markdown(INTRO)
-        gr.Markdown(status_line, elem_classes="status")
-        with gr.Accordion("What runs here (extractors, baselines, metrics) and why not", open=False):
-            gr.Markdown(status_table)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=4):
-                image = upload_image(
-                    label="1 · Low-resolution input (upload or paste)",
-                    elem_id="lr-input",
-                    type="filepath",
-                    image_mode=None,
-                    sources=["upload", "clipboard"],
-                    height=260,
-                    format="png",
-                )
-                info = gr.Markdown("")
-                downscale = gr.Checkbox(value=True, label=f"Downscale large inputs (longest side > {lab.max_side} px)")
-                with gr.Accordion("HR reference (optional, for PSNR/SSIM/LPIPS/DISTS)", open=False):
-                    hr = upload_image(
-                        show_label=False, type="filepath", image_mode=None, sources=["upload"], height=160
-                    )
-            with gr.Column(scale=7):
-                with gr.Row(equal_height=False):
-                    caption = gr.Textbox(
-                        "",
-                        label="2 · Caption (editable)",
-                        elem_id="caption",
-                        lines=2,
-                        scale=6,
-                        placeholder="Describe the picture; empty = the captioner's caption, if one is available",
-                    )
-                    recaption = gr.Button("Re-caption", scale=1, size="sm")
-                switches, taus, previews, sources, user_maps = [], [], [], [], []
-                with gr.Row(equal_height=True):
-                    for name in MODALITIES:
-                        with gr.Column(min_width=200, elem_classes="card"):
-                            previews.append(
-                                gr.Image(label=MODALITY_LABELS[name], interactive=False, height=170, format="png")
-                            )
-                            sources.append(gr.Markdown("", elem_classes="source"))
-                            switches.append(gr.Checkbox(value=True, label=f"use {name} (off = m₀)"))
-                            taus.append(gr.Slider(*TAU_RANGE, value=1.0, step=0.1, label="temperature τ"))
-                            with gr.Accordion("upload your own map", open=False):
-                                user_maps.append(
-                                    upload_image(show_label=False, type="filepath", sources=["upload"], height=120)
-                                )
-        with gr.Accordion("Examples: click one to load its image and caption", open=True):
-            gr.Examples(_examples(), inputs=[image, caption], label=None)
-        with gr.Accordion("3 · Settings", open=True):
-            with gr.Row():
-                cfg_mode = gr.Radio(list(CFG_MODES), value="m-cfg", label="guidance mode (negative branch)")
-                guidance = gr.Slider(0, 15, value=4.0, step=0.5, label="guidance w (0 = off)")
-                steps = gr.Slider(1, 100, value=engine.preset.default_steps, step=1, label="denoising steps")
-            with gr.Row(equal_height=True):
-                seed = gr.Number(value=0, precision=0, minimum=SEED_RANGE[0], maximum=SEED_RANGE[1], label="seed")
-                dice = gr.Button("Random seed", size="sm", scale=0, min_width=120)
-                choices = lab.baseline_choices()
-                baseline = gr.Dropdown(choices, value=choices[0][1], label="compare with", scale=2)
-                negative = gr.Textbox("", label="negative prompt", placeholder="e.g. blurry, noisy", scale=2)
-                refine = gr.Checkbox(value=False, label="zero-modal refinement (two passes)")
-        with gr.Row():
-            run_btn = gr.Button("Run", variant="primary", size="lg", scale=4, elem_id="run-btn")
-            stop_btn = gr.Button("Stop", variant="stop", size="lg", scale=1)
-        gr.Markdown("### 4 · Result (both runs use the same seed and settings)")
-        with gr.Row(equal_height=False):
-            slider = gr.ImageSlider(
-                label="MMSR (left) ⟷ baseline (right)", elem_id="result-slider", type="pil", format="png", scale=3
-            )
-            gallery = gr.Gallery(
-                label="LR (nearest) · bicubic · baseline · MMSR",
-                elem_id="result-gallery",
-                columns=2,
-                format="png",
-                scale=2,
-                height=520,
-            )
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3):
-                scores = gr.Dataframe(
-                    label="Scores (↑ higher is better, ↓ lower is better)",
-                    elem_id="scores",
-                    interactive=False,
-                    wrap=True,
-                    column_widths=["24%", "9%", "14%", "14%", "39%"],
-                )
-                timings = gr.Dataframe(label="Per-stage timings", interactive=False, max_height=260)
-            with gr.Column(scale=4):
-                gr.Markdown(HEATMAP_HELP)
-                with gr.Row():
-                    heat = {"format": "png", "interactive": False, "height": 300}
-                    heat_mmsr = gr.Image(label="residual: MMSR", **heat)
-                    heat_base = gr.Image(label="residual: baseline", **heat)
-        notes = gr.Markdown("")
-        with gr.Row():
-            dl_mmsr = gr.DownloadButton("Download MMSR (PNG)", size="sm")
-            dl_base = gr.DownloadButton("Download baseline (PNG)", size="sm")
-            dl_json = gr.DownloadButton("Export settings (JSON)", size="sm")
-            upload_json = gr.UploadButton("Import settings (JSON)", file_types=[".json"], size="sm")
-
-        context = [*switches, *taus, *user_maps]
-        card_outputs = [c for pair in zip(previews, sources, strict=True) for c in pair]
-        gpu = {"concurrency_id": "gpu"}
-        prepare_inputs = [image, downscale, *switches, *user_maps]
-        gr.on(
-            [image.change, *(m.change for m in user_maps)],
-            lab.prepare,
-            prepare_inputs,
-            [*card_outputs, info],
-            api_name="prepare",
-            **gpu,
-        )
-        image.upload(lab.caption, [image, downscale], caption, api_name="auto_caption", **gpu)
-        recaption.click(lab.caption, [image, downscale], caption, api_name="recaption", **gpu)
-        dice.click(lab.random_seed, None, seed, api_name="random_seed", queue=False)
-        run_inputs = [
-            image,
-            caption,
-            negative,
-            cfg_mode,
-            guidance,
-            steps,
-            seed,
-            baseline,
-            *context,
-            hr,
-            downscale,
-            refine,
-        ]
-        run_outputs = [
-            slider,
-            gallery,
-            heat_mmsr,
-            heat_base,
-            scores,
-            timings,
-            caption,
-            *card_outputs,
-            dl_mmsr,
-            dl_base,
-            dl_json,
-            notes,
-        ]
-        run_event = run_btn.click(lab.run, run_inputs, run_outputs, api_name="run", **gpu)
-        stop_btn.click(lab.stop, None, None, cancels=[run_event], api_name="stop", concurrency_limit=None)
-        upload_json.upload(
-            lab.import_settings,
-            [upload_json, image, downscale],
-            [caption, negative, cfg_mode, guidance, steps, seed, baseline, *switches, *taus, refine, notes],
-            api_name="import_settings",
-        )
-        with gr.Accordion("Lab: reports of `python -m mmsr lab run` (folders under MMSR_LAB_ROOT)", open=False):
-            with gr.Row():
-                lab_folder = gr.Dropdown(choices=lab_folders(), label="results folder", scale=4)
-                lab_refresh = gr.Button("refresh list", scale=1)
-            lab_report = gr.Markdown()
-            lab_plots = gr.Gallery(label="plots", columns=3, height=360)
-        lab_refresh.click(lambda: gr.Dropdown(choices=lab_folders()), None, lab_folder, api_name="lab_folders")
-        lab_folder.change(open_lab_report, lab_folder, [lab_report, lab_plots], api_name="lab_report")
-    demo.lab = lab
-    return demo
-
-
 def launch_options() -> dict:
-    """``launch`` keywords shared by ``main`` and the tests: upload limit, errors shown, look."""
-    return {"max_file_size": MAX_FILE_SIZE, "show_error": True, "theme": gr.themes.Soft(), "css": CSS}
+    """``launch`` keywords shared by ``main`` and the tests: upload limit, errors shown, look (contrast ≥ 4.5:1)."""
+    theme = gr.themes.Soft().set(**THEME_TEXT)
+    return {"max_file_size": MAX_FILE_SIZE, "show_error": True, "theme": theme, "css": CSS, "head": HEAD}
 
 
 def _preset_and_notice() -> tuple[str, str]:

@@ -9,9 +9,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
-import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
@@ -19,15 +17,18 @@ from PIL import Image
 import app
 from baselines import get_baseline
 from mmsr.compare import TEXT_ONLY, checkpoint_digest, pixel_sha256
-from mmsr.conditioning import MODALITIES
+from mmsr.demo import Control, Demo, DemoError
+from mmsr.demo.reports import EXAMPLE_NAME, lab_folders, open_report
+from mmsr.demo.status import SAME_AS_TEXT_ONLY, schedule_text, steps_run
 from mmsr.engine import Engine
 from mmsr.metrics import Scorer
 from mmsr.modalities import EXTRACTORS, BackendUnavailable, ModalityExtractor
-from mmsr.settings import UpscaleSettings
+from mmsr.settings import UpscaleSettings, spec
 
 SIZE = (40, 28)  # small LR: tiny-random runs in seconds on two CPU cores
 METRICS = ["lr_psnr", "piqe", "psnr", "musiq"]  # cheap, one needing an HR, one needing weights
 CAPTION = "a tabby cat lying on a wooden floor"
+PROBE = Image.open(app.EXAMPLES / "astronaut.png").convert("RGB")
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +54,8 @@ def lr_path(tmp_path_factory):
 
 
 def run(lab, image, **kw):
-    """``Lab.run`` with the UI defaults, overridable by keyword."""
-    args = dict(
-        image=image,
-        caption=CAPTION,
-        negative="",
-        cfg_mode="m-cfg",
-        guidance=4.0,
-        steps=2,
-        seed=7,
-        baseline="bicubic",
-        hr=None,
-        downscale=True,
-        refine=False,
-    )
-    for name in MODALITIES:
-        args |= {f"{name}_on": True, f"{name}_tau": 1.0, f"{name}_map": None}
-    return lab.run(**(args | kw))
+    """``Demo.run`` with a few fields set; the rest keep ``UpscaleSettings``' defaults."""
+    return lab.run(image, **(dict(caption=CAPTION, steps=2, seed=7, baseline="bicubic") | kw))
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +64,8 @@ def result(lab, lr_path):
 
 
 def output(result, name):
-    names = ["slider", "gallery", "heat_mmsr", "heat_base", "scores", "timings", "caption"]
-    names += [f"{k}_{part}" for k in MODALITIES for part in ("preview", "source")]
-    names += ["dl_mmsr", "dl_base", "dl_json", "notes"]
-    assert len(result) == len(names)
-    return result[names.index(name)]
+    assert set(result) <= set(app.RUN_OUTPUTS)
+    return result[name]
 
 
 def test_examples_ship_with_captions():
@@ -103,15 +86,29 @@ def test_every_event_has_an_api_name(demo):
     assert events["stop"].concurrency_limit is None  # never queued behind the run it stops
 
 
-def test_status_names_every_component_and_why_not(lab):
-    line, table = lab.status()
-    assert "tiny-random" in line and "random weights" in line
-    for name in EXTRACTORS:
-        assert f"| extractor | {name} |" in table
-    for label in ("Text-only MMSR", "Bicubic", "LR-consistency (dB)", "MUSIQ"):
-        assert label in table
-    musiq = next(row for row in lab.components if row[1] == "MUSIQ")
-    assert not musiq[2] and "missing" in musiq[3]
+def test_fields_name_every_component_once(demo):
+    assert len(app.FIELDS) == len(set(app.FIELDS)) and set(demo.ui) == set(app.FIELDS)
+    assert set(app.RUN_INPUTS) | set(app.RUN_OUTPUTS) <= set(app.FIELDS)
+
+
+def test_widget_bounds_and_defaults_come_from_the_settings_table(demo):
+    for name in ("guidance", "strength"):
+        widget, s = demo.ui[name], spec(name)
+        assert (widget.minimum, widget.maximum, widget.step) == (s.min, s.max, s.step)
+    assert demo.ui["steps"].maximum == spec("steps").max and demo.ui["guidance"].value == spec("guidance").default
+    assert demo.ui["depth_tau"].minimum == spec("temperatures").min
+    assert demo.ui["strength"].visible is (demo.lab.default_strength() < 1)
+
+
+def test_status_is_one_plain_line_per_modality_without_paths(lab):
+    status = lab.status()
+    assert "tiny-random" in status and "random weights" in status
+    for label in ("Caption", "Depth", "Segmentation", "Edges"):
+        assert sum(line.startswith(f"- **{label}**:") for line in status.splitlines()) == 1
+    assert "Depth**: off here (needs the Depth Anything V2 download" in status and "upload your own map" in status
+    assert "/root" not in status and "/.cache" not in status and "HF_HUB_OFFLINE" not in status
+    assert "Text-only MMSR" in status and "Bicubic" in status
+    assert "Scores not computed here" in status and "MUSIQ" in status  # collapsed into one line
     assert lab.baseline_choices()[0][1] == TEXT_ONLY
 
 
@@ -120,15 +117,15 @@ def test_checkpoint_hashes_are_computed_once_and_shown(engine, tmp_path):
     (tmp_path / "unet" / "model.safetensors").write_bytes(b"weights")
     (tmp_path / "vae.safetensors").write_bytes(b"other weights")
     (tmp_path / "notes.txt").write_text("not hashed")
-    lab = app.Lab(engine, checkpoint=tmp_path)
+    lab = Demo(engine, probe=PROBE, checkpoint=tmp_path)
     assert set(lab.hashes) == {"unet/model.safetensors", "vae.safetensors"}
     assert lab.hashes["vae.safetensors"] == hashlib.sha256(b"other weights").hexdigest()
-    assert f"checkpoint `{checkpoint_digest(lab.hashes)[:12]}…` (2 safetensors files)" in lab.status()[0]
+    assert f"checkpoint `{checkpoint_digest(lab.hashes)[:12]}…` (2 files)" in lab.headline()
 
 
 def test_status_shows_the_fallback_notice(engine):
-    lab = app.Lab(engine, notice="No lite checkpoint: running tiny-random")
-    assert lab.status()[0].startswith("⚠ **No lite checkpoint")
+    lab = Demo(engine, probe=PROBE, notice="No lite checkpoint: running tiny-random")
+    assert lab.status().startswith("⚠ **No lite checkpoint")
 
 
 def _write(path: Path, data) -> str:
@@ -149,21 +146,21 @@ def _write(path: Path, data) -> str:
     ],
 )
 def test_bad_inputs_give_a_clear_error(lab, tmp_path, data, match):
-    with pytest.raises(gr.Error, match=match):
+    with pytest.raises(DemoError, match=match):
         lab.load_lr(_write(tmp_path / "bad.png", data))
 
 
 def test_missing_input_gives_a_clear_error(lab):
-    with pytest.raises(gr.Error, match="Upload an image"):
+    with pytest.raises(DemoError, match="Upload an image"):
         run(lab, None)
 
 
 def test_large_inputs_are_downscaled_with_a_warning_or_refused(lab, tmp_path):
     path = _write(tmp_path / "big.png", Image.new("RGB", (lab.max_side * 3, lab.max_side)))
-    with pytest.warns(UserWarning, match="downscaled"):
-        lr = lab.load_lr(path, downscale=True)
-    assert max(lr.size) == lab.max_side
-    with pytest.raises(gr.Error, match="at most"):
+    lr, notes = lab.load_lr(path, downscale=True)
+    assert max(lr.size) == lab.max_side and "downscaled from" in notes[0]
+    assert "downscaled from" in lab.prepare(path)["info"]  # said once, on the size line
+    with pytest.raises(DemoError, match="at most"):
         lab.load_lr(path, downscale=False)
 
 
@@ -172,22 +169,23 @@ def test_odd_modes_become_rgb(lab, tmp_path, mode):
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8))
     image = image.convert(mode) if mode != "I;16" else image.convert("L").convert("I;16")
     fmt = "tiff" if mode == "CMYK" else "png"
-    lr = lab.load_lr(_write(tmp_path / f"odd.{fmt}", image))
+    lr, _ = lab.load_lr(_write(tmp_path / f"odd.{fmt}", image))
     assert lr.mode == "RGB" and lr.size == (32, 24)
 
 
 def test_prepare_fills_the_context_cards(lab, lr_path):
-    out = lab.prepare(lr_path, True, True, True, True, None, None, None)
-    cards = dict(zip(MODALITIES, zip(out[0::2], out[1::2], strict=False), strict=False))
-    assert cards["edges"][0].size == (256, 256) and "canny" in cards["edges"][1]
-    assert cards["depth"][0] is None and cards["depth"][1].startswith("**m₀**:")
-    assert out[-1] == f"input {SIZE[0]}x{SIZE[1]} → output {4 * SIZE[0]}x{4 * SIZE[1]}"
-    assert lab.prepare(None, True, True, True, True, None, None, None)[-1] == ""
+    out = lab.prepare(lr_path)
+    assert out["edges_preview"].size == (256, 256) and "canny" in out["edges_source"]
+    assert out["depth_preview"] is None and out["depth_source"].startswith("**m₀**: off here")
+    assert out["info"] == f"input {SIZE[0]}x{SIZE[1]} → output {4 * SIZE[0]}x{4 * SIZE[1]}"
+    assert out["edges_tau"] == Control(None)  # a working modality's temperature acts
+    assert out["depth_tau"] == Control(1.0, enabled=False, note="Depth is m₀ here: its temperature has no effect")
+    assert lab.prepare(None)["info"] == ""
 
 
 def test_switch_off_shows_m0(lab, lr_path):
-    out = lab.prepare(lr_path, True, True, True, False, None, None, None)
-    assert out[5] == "**m₀**: switched off"
+    out = lab.prepare(lr_path, edges_on=False)
+    assert out["edges_source"] == "**m₀**: switched off" and not out["edges_tau"].enabled
 
 
 def test_run_returns_both_outputs_scores_and_downloads(result):
@@ -196,14 +194,16 @@ def test_run_returns_both_outputs_scores_and_downloads(result):
     assert [c for _, c in output(result, "gallery")] == ["LR input (nearest)", "Bicubic", "Bicubic", "MMSR"]
     assert output(result, "heat_mmsr").size == mmsr.size
     scores = output(result, "scores")
-    assert list(scores.columns) == ["metric", "better", "MMSR", "bicubic", "note"]
-    rows = {r.metric: r for r in scores.itertuples()}
-    assert float(rows["LR-consistency (dB)"].MMSR) > 0 and rows["LR-consistency (dB)"].better == "↑"
-    assert rows["PIQE"].better == "↓" and float(rows["PIQE"].bicubic) >= 0
-    assert rows["PSNR (dB)"].MMSR == "—" and "no HR reference" in rows["PSNR (dB)"].note
-    assert "missing" in rows["MUSIQ"].note
+    assert scores["headers"] == ["metric", "better", "MMSR", "bicubic"]
+    rows = {r[0]: r for r in scores["data"]}
+    assert float(rows["LR-consistency (dB)"][2]) > 0 and rows["LR-consistency (dB)"][1] == "↑"
+    assert rows["PIQE"][1] == "↓" and float(rows["PIQE"][3]) >= 0
+    assert set(rows) == {"LR-consistency (dB)", "PIQE"}  # no rows of "—"
+    assert (
+        output(result, "scores_note") == "Not scored: PSNR (dB): need an HR reference; MUSIQ: weights not downloaded."
+    )
     timings = output(result, "timings")
-    assert {"mmsr/unet", "baseline", "scores"} <= set(timings.stage)
+    assert {"mmsr/unet", "baseline", "scores"} <= {row[0] for row in timings["data"]}
     assert Image.open(output(result, "dl_mmsr")).size == mmsr.size
     assert Image.open(output(result, "dl_base")).format == "PNG"
 
@@ -218,11 +218,9 @@ def test_exported_settings_hold_everything_needed(result, lab):
 
 
 def test_import_then_run_reproduces_the_output(lab, lr_path, result):
-    values = lab.import_settings(output(result, "dl_json"), lr_path)
-    names = ["caption", "negative", "cfg_mode", "guidance", "steps", "seed", "baseline"]
-    names += [f"{k}_on" for k in MODALITIES] + [f"{k}_tau" for k in MODALITIES] + ["refine", "note"]
-    imported = dict(zip(names, values, strict=True))
-    assert imported["seed"] == 7 and imported["caption"] == CAPTION and "match" in imported.pop("note")
+    imported = lab.import_settings(output(result, "dl_json"), lr_path)
+    assert imported["seed"] == 7 and imported["caption"] == CAPTION and "match" in imported.pop("import_note")
+    assert set(imported) <= set(app.CONTROLS) | {"baseline"}
     again = run(lab, lr_path, **imported)
     assert pixel_sha256(output(again, "slider")[0]) == pixel_sha256(output(result, "slider")[0])
 
@@ -234,7 +232,7 @@ def test_import_then_run_reproduces_the_output(lab, lr_path, result):
 def test_import_rejects_other_files(lab, tmp_path, text, match):
     path = tmp_path / "run.json"
     path.write_text(text)
-    with pytest.raises(gr.Error, match=match):
+    with pytest.raises(DemoError, match=match):
         lab.import_settings(str(path))
 
 
@@ -243,7 +241,7 @@ def test_import_rejects_out_of_range_settings(lab, tmp_path, result):
     record["settings"]["temperatures"]["depth"] = 50
     path = tmp_path / "run.json"
     path.write_text(json.dumps(record))
-    with pytest.raises(gr.Error, match="temperature of depth"):
+    with pytest.raises(DemoError, match="temperature of depth"):
         lab.import_settings(str(path))
 
 
@@ -251,32 +249,28 @@ def test_import_warns_about_another_preset_or_input(lab, tmp_path, result):
     record = json.loads(Path(output(result, "dl_json")).read_text()) | {"preset": "lite"}
     path = tmp_path / "run.json"
     path.write_text(json.dumps(record))
-    with pytest.warns(UserWarning, match="preset 'lite'"):
-        lab.import_settings(str(path))
+    assert "preset 'lite'" in lab.import_settings(str(path))["import_note"]
     other = _write(tmp_path / "other.png", Image.new("RGB", SIZE, "red"))
-    with pytest.warns(UserWarning, match="input differs"):
-        note = lab.import_settings(output(result, "dl_json"), other)[-1]
-    assert "input differs" in note
+    assert "input differs" in lab.import_settings(output(result, "dl_json"), other)["import_note"]
 
 
 def test_text_only_baseline_uses_the_same_seed_and_settings(lab, engine, lr_path):
     out = run(lab, lr_path, baseline=TEXT_ONLY, seed=3, guidance=2.0)
     settings = UpscaleSettings(caption=CAPTION, guidance=2.0, steps=2, seed=3)
-    expected = engine.text_only(lab.load_lr(lr_path), settings).image
+    expected = engine.text_only(lab.load_lr(lr_path)[0], settings).image
     assert pixel_sha256(output(out, "slider")[1]) == pixel_sha256(expected)
 
 
 def test_editing_the_caption_reruns_only_the_diffusion(lab, lr_path, result):
     out = run(lab, lr_path, caption="a cat on a floor", depth_tau=0.5)
-    timings = output(out, "timings")
-    assert timings.set_index("stage").loc["mmsr/extract_edges", "note"] == "cache hit"
+    notes = {row[0]: row[2] for row in output(out, "timings")["data"]}
+    assert notes["mmsr/extract_edges"] == "cache hit"
     assert "source: **canny**" in output(out, "edges_source") and "cached" in output(out, "edges_source")
 
 
 def test_empty_caption_without_a_captioner_warns_and_runs(lab, lr_path):
-    with pytest.warns(UserWarning, match="no caption"):
-        out = run(lab, lr_path, caption="")
-    assert output(out, "caption") == "" and output(out, "slider")[0] is not None
+    out = run(lab, lr_path, caption="")
+    assert "no caption" in out["run_status"] and "caption" not in out and out["slider"][0] is not None
 
 
 @pytest.mark.parametrize(
@@ -289,7 +283,7 @@ def test_empty_caption_without_a_captioner_warns_and_runs(lab, lr_path):
     ],
 )
 def test_bad_settings_give_a_clear_error(lab, lr_path, kw, match):
-    with pytest.raises(gr.Error, match=match):
+    with pytest.raises(DemoError, match=match):
         run(lab, lr_path, **kw)
 
 
@@ -309,8 +303,8 @@ class FailingDepth(ModalityExtractor):
 def test_a_failing_extractor_falls_back_to_m0_with_the_reason(tiny_pipe, lr_path):
     extractors = {k: cls() for k, cls in EXTRACTORS.items()} | {"depth": FailingDepth()}
     engine = Engine(tiny_pipe, "tiny-random", extractors=extractors)
-    lab = app.Lab(engine, baselines={"bicubic": get_baseline("bicubic")})
-    assert "CUDA out of memory" in lab.status()[1]
+    lab = Demo(engine, baselines={"bicubic": get_baseline("bicubic")}, probe=PROBE)
+    assert "CUDA out of memory" in lab.status()
     out = run(lab, lr_path, baseline="bicubic")
     assert output(out, "depth_preview") is None
     assert "broken-model failed: RuntimeError: CUDA out of memory" in output(out, "depth_source")
@@ -319,28 +313,24 @@ def test_a_failing_extractor_falls_back_to_m0_with_the_reason(tiny_pipe, lr_path
 def test_own_map_is_used_and_recorded(lab, lr_path, tmp_path):
     depth = Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (48, 1)))
     path = _write(tmp_path / "depth.png", depth)
-    out = lab.prepare(lr_path, True, True, True, True, path, None, None)
-    assert "source: **user**" in out[1]
+    assert "source: **user**" in lab.prepare(lr_path, depth_map=path)["depth_source"]
     result = run(lab, lr_path, depth_map=path)
     record_path = output(result, "dl_json")
     assert json.loads(Path(record_path).read_text())["modalities"]["depth"] == "user"
-    with pytest.warns(UserWarning, match="upload them again"):
-        lab.import_settings(record_path)
+    assert "upload them again" in lab.import_settings(record_path)["import_note"]
 
 
 def test_stop_cancels_the_running_diffusion(lab, lr_path):
-    request = SimpleNamespace(session_hash="session-1")
+    def progress(*args):  # the Stop button pressed during the first step
+        lab.stop("session-1")
 
-    def progress(*args, **kwargs):  # the Stop button pressed during the first step
-        lab.stop(request)
-
-    with pytest.raises(gr.Error, match="Stopped"):
-        run(lab, lr_path, request=request, progress=progress)
-    assert output(run(lab, lr_path, request=request), "slider")[0] is not None  # the next run is not stopped
+    out = run(lab, lr_path, session="session-1", progress=progress)
+    assert set(out) == {"run_status"} and out["run_status"].startswith("**Stopped** at step")  # no error
+    assert output(run(lab, lr_path, session="session-1"), "slider")[0] is not None  # the next run is not stopped
 
 
 def test_random_seed_is_in_range():
-    assert all(0 <= app.Lab.random_seed() < 2**32 for _ in range(20))
+    assert all(0 <= Demo.random_seed() < 2**32 for _ in range(20))
 
 
 def test_gpu_decorator_is_a_no_op_off_zerogpu():
@@ -440,10 +430,11 @@ def test_client_calls_the_run_endpoint(served, lr_path):
     mmsr, baseline = out[0]
     assert Image.open(mmsr).size == Image.open(baseline).size == (4 * SIZE[0], 4 * SIZE[1])
     assert Image.open(mmsr).format == "PNG"  # lossless
-    scores = {row[0]: row for row in out[4]["data"]}
-    assert out[4]["headers"][:4] == ["metric", "better", "MMSR", "bicubic"]
+    table = out[app.RUN_OUTPUTS.index("scores")]
+    scores = {row[0]: row for row in table["data"]}
+    assert table["headers"] == ["metric", "better", "MMSR", "bicubic"]
     assert float(scores["LR-consistency (dB)"][2]) > 0
-    record = json.loads(Path(out[-2]).read_text())
+    record = json.loads(Path(out[app.RUN_OUTPUTS.index("dl_json")]).read_text())
     assert record["settings"]["caption"] == CAPTION
 
 
@@ -469,16 +460,69 @@ def test_client_gets_a_clear_error_for_undecodable_uploads(served, lr_path, tmp_
     assert out[-1].startswith("input 40x28")
 
 
-def test_lab_section_opens_only_result_folders_under_its_root(tmp_path, monkeypatch):
-    import app
-
-    monkeypatch.setattr(app, "LAB_ROOT", tmp_path)
+def test_lab_section_opens_only_result_folders_under_its_root(tmp_path):
     (tmp_path / "set5").mkdir()
     (tmp_path / "set5" / "results.csv").write_text("id\n")
     (tmp_path / "other").mkdir()
-    assert app.lab_folders() == ["set5"]
+    assert list(lab_folders(tmp_path)) == [EXAMPLE_NAME, "set5"]
     for name in ("other", "../etc", "/etc"):
-        with pytest.raises(gr.Error, match="no lab results"):
-            app.open_lab_report(name)
-    markdown, plots = app.open_lab_report("set5")  # an empty run still gets a report page
-    assert markdown.startswith("#") and all(Path(p).is_file() for p in plots)
+        with pytest.raises(ValueError, match="no lab results"):
+            open_report(name, tmp_path)
+    assert open_report("set5", tmp_path).startswith("#")  # an empty run still gets a report page
+
+
+def test_the_shipped_lab_report_opens_first_with_its_plots_inline(demo):
+    assert demo.ui["lab_folder"].value == EXAMPLE_NAME
+    markdown = demo.ui["lab_report"].value
+    assert markdown.startswith("# MMSR Lab report") and "](data:image/png;base64," in markdown
+    assert "](plots/" not in markdown  # a relative link would 404 in the browser
+
+
+def test_step_control_says_how_many_steps_run(tiny_pipe, lab):
+    for steps, strength in ((20, 0.35), (20, 1.0), (7, 0.05), (1, 0.5), (200, 0.35)):
+        assert steps_run(steps, strength) == len(tiny_pipe.get_timesteps(steps, strength, "cpu"))
+    assert schedule_text(20, 0.35, None).startswith("20-step schedule, 7 steps run from strength 0.35")
+    assert schedule_text(20, 1.0, 2.0) == "20-step schedule · about 40 s (a long run: fewer steps are faster)"
+    assert lab.seconds_per_step is not None  # measured by the runs above
+    off = dict.fromkeys(app.SWITCHES, False)
+    assert SAME_AS_TEXT_ONLY in lab.settings_note(2, 1.0, TEXT_ONLY, **off)
+    assert SAME_AS_TEXT_ONLY not in lab.settings_note(2, 1.0, "bicubic", **off)
+
+
+def test_every_map_off_says_mmsr_is_the_text_only_baseline(lab, lr_path):
+    out = run(lab, lr_path, baseline=TEXT_ONLY, **dict.fromkeys(app.SWITCHES, False))
+    assert SAME_AS_TEXT_ONLY in out["run_status"]
+    assert pixel_sha256(out["slider"][0]) == pixel_sha256(out["slider"][1])
+
+
+def test_what_changed_between_two_runs(lab, lr_path, result):
+    first = run(lab, lr_path)
+    assert first["changes_heat"] is None or first["previous"]
+    again = run(lab, lr_path, caption="a dog on a floor", guidance=2.0, previous=first["previous"])
+    assert again["changes_heat"].size == again["slider"][0].size
+    status = again["run_status"]
+    assert "Since the last run: caption edited" in status or "caption 'a tabby" in status
+    assert "guidance 4.0 → 2.0" in status and "mean change" in status
+
+
+def test_a_typed_caption_is_never_erased_offline(lab, lr_path, tmp_path):
+    assert lab.caption(lr_path) == {}  # no captioner: nothing to fill, the typed text stays
+    assert lab.caption(_write(tmp_path / "bad.png", b"not an image")) == {}  # the upload check says why, once
+    assert lab.captioner_reason.startswith("No captioner here")
+
+
+def test_default_baseline_is_real_esrgan_when_it_runs(engine):
+    class Stub:
+        label, uses_caption = "Real-ESRGAN x4plus", False
+
+        def available(self):
+            return True, ""
+
+    assert Demo(engine, baselines={"bicubic": get_baseline("bicubic")}, probe=PROBE).default_baseline() == TEXT_ONLY
+    assert Demo(engine, baselines={"bicubic": get_baseline("bicubic"), "realesrgan": Stub()},
+                probe=PROBE).default_baseline() == "realesrgan"  # fmt: skip
+
+
+def test_downloads_are_disabled_until_a_result(demo):
+    assert all(not demo.ui[name].interactive for name in app.DOWNLOADS)
+    assert app._update("dl_mmsr", "/tmp/x.png")["interactive"] is True
