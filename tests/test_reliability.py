@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from mmsr import cli
+from mmsr.demo import DemoError
 from mmsr.engine import Engine
 from mmsr.errors import ResourceError, is_out_of_memory
 from mmsr.imageio import ImageError, load_image, pil_to_tensor, save_atomic, tensor_to_pil, to_rgb
@@ -694,7 +695,7 @@ def run_handler(lab, image, **kw):
     args = dict(caption="a cat", negative="", cfg_mode="m-cfg", guidance=4.0, steps=1, seed=0, baseline="bicubic")
     for name in ("depth", "seg", "edges"):
         args |= {f"{name}_on": True, f"{name}_tau": 1.0, f"{name}_map": None}
-    return lab.run(image, **(args | kw), progress=lambda *a, **k: None)
+    return lab.run(image, **(args | kw), progress=lambda *a: None)
 
 
 @pytest.mark.parametrize(
@@ -709,12 +710,11 @@ def run_handler(lab, image, **kw):
     ],
 )
 def test_app_refuses_bad_files_with_a_clear_error(lab, tmp_path, name, data, match):
-    import gradio as gr
 
     path = tmp_path / name
     path.write_bytes(data)
     start = time.perf_counter()
-    with pytest.raises(gr.Error, match=match):
+    with pytest.raises(DemoError, match=match):
         lab.load_lr(str(path))
     assert time.perf_counter() - start < 2.0
 
@@ -722,9 +722,9 @@ def test_app_refuses_bad_files_with_a_clear_error(lab, tmp_path, name, data, mat
 def test_app_reads_odd_images_like_the_cli(lab, tmp_path):
     rgba = np.zeros((16, 24, 4), dtype=np.uint8)
     (tmp_path / "clear.png").write_bytes(encoded(Image.fromarray(rgba, "RGBA")))
-    assert (np.asarray(lab.load_lr(str(tmp_path / "clear.png"))) == 255).all()  # white, not black
+    assert (np.asarray(lab.load_lr(str(tmp_path / "clear.png"))[0]) == 255).all()  # white, not black
     (tmp_path / "photo.jpg").write_bytes(exif_rotated_jpeg((40, 20)))
-    assert lab.load_lr(str(tmp_path / "photo.jpg")).size == (20, 40)
+    assert lab.load_lr(str(tmp_path / "photo.jpg"))[0].size == (20, 40)
     frames = [Image.new("RGB", (24, 16), c) for c in ("red", "blue")]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     with pytest.warns(UserWarning, match="animated image with 2 frames"):
@@ -745,30 +745,27 @@ def test_app_reads_odd_images_like_the_cli(lab, tmp_path):
     ],
 )
 def test_app_refuses_out_of_range_settings(lab, tmp_path, kw, match):
-    import gradio as gr
 
     source = tmp_path / "in.png"
     noise().save(source)
-    with pytest.raises(gr.Error, match=match):
+    with pytest.raises(DemoError, match=match):
         run_handler(lab, str(source), **kw)
 
 
 def test_app_refuses_maps_of_the_wrong_type_or_shape(lab, tmp_path):
-    import gradio as gr
 
     source = tmp_path / "in.png"
     noise((24, 16)).save(source)
     text = tmp_path / "depth.png"
     text.write_bytes(b"not a map")
-    with pytest.raises(gr.Error, match="your depth map: not an image"):
+    with pytest.raises(DemoError, match="your depth map: not an image"):
         run_handler(lab, str(source), depth_map=str(text))
     stretched = tmp_path / "stretched.png"
     Image.new("L", (64, 16)).save(stretched)
-    with pytest.raises(gr.Error, match="aspect ratio"):
+    with pytest.raises(DemoError, match="aspect ratio"):
         run_handler(lab, str(source), depth_map=str(stretched))
-    # ``prepare`` reaches the same check; until app.py wraps it, the ImageError carries the message.
-    with pytest.raises((gr.Error, ImageError), match="aspect ratio"):
-        lab.prepare(str(source), True, True, True, True, str(stretched), None, None)
+    with pytest.raises(DemoError, match="aspect ratio"):
+        lab.prepare(str(source), depth_map=str(stretched))
 
 
 def test_app_runs_a_5000_character_caption(lab, tmp_path):
@@ -777,20 +774,18 @@ def test_app_runs_a_5000_character_caption(lab, tmp_path):
     caption = ("A cat 🐱\x00\x1b[31m on a mat\u202e\n" * 300)[:5000]
     with pytest.warns(UserWarning):  # the text encoder's window is shorter: a warning says so
         out = run_handler(lab, str(source), caption=caption)
-    kept = out[6]
+    kept = out["caption"]
     assert len(kept) <= MAX_CAPTION_CHARS and "🐱" in kept and "\x00" not in kept and "\u202e" not in kept
 
 
 def test_app_answers_out_of_memory_and_keeps_serving(lab, engine, tmp_path):
-    import gradio as gr
 
     source = tmp_path / "in.png"
     noise().save(source)
     handle = _oom_once(engine.pipeline.unet)
     try:
-        # ResourceError until app.py's Lab.run catches it (then gr.Error with the same message).
-        with pytest.raises((gr.Error, ResourceError), match="out of memory.*smaller input"):
+        with pytest.raises(DemoError, match="out of memory.*smaller input"):
             run_handler(lab, str(source))
     finally:
         handle.remove()
-    assert run_handler(lab, str(source))[0][0].size == (96, 64)
+    assert run_handler(lab, str(source))["slider"][0].size == (96, 64)
