@@ -259,8 +259,12 @@ def _wire_inputs(ui: dict, demo: Demo) -> None:
     check.failure(lambda: (None, ""), None, [ui["image"], ui["info"]], api_name="clear_input", queue=False)
     for m in (*SWITCHES, *MAPS):
         ui[m].change(**wire(ui, demo.prepare, PREPARE_INPUTS, (*cards, "info")), api_name=f"prepare_{m}", **gpu)
+
     # the upload's `check` reports a bad file; the caption event then stays silent (no second message)
-    describe = wire(ui, demo.caption, ("image", "downscale"), ("caption",))
+    def caption(image, downscale) -> dict:  # unpreprocessed: the upload's file payload
+        return demo.caption(image.get("path") if isinstance(image, dict) else image, downscale)
+
+    describe = wire(ui, caption, ("image", "downscale"), ("caption",))
     ui["image"].upload(**describe, api_name="auto_caption", preprocess=False, show_progress="hidden", **gpu)
     ui["recaption"].click(**describe, api_name="recaption", preprocess=False, **gpu)
     for name in NOTE_INPUTS:
