@@ -286,16 +286,14 @@ def _wire_run(ui: dict, demo: Demo) -> None:
 
 
 def _wire_lab(ui: dict) -> None:
-    def folders() -> dict:
-        return {"lab_folder": gr.update(choices=list(lab_folders(LAB_ROOT)))}
-
     def report(lab_folder) -> dict:
         try:
             return {"lab_report": open_report(lab_folder, LAB_ROOT) if lab_folder else ""}
         except ValueError as e:
             raise DemoError(str(e)) from e
 
-    ui["lab_refresh"].click(**wire(ui, folders, (), ("lab_folder",)), api_name="lab_folders")
+    refresh = wire(ui, lambda: {"lab_folder": gr.update(choices=list(lab_folders(LAB_ROOT)))}, (), ("lab_folder",))
+    ui["lab_refresh"].click(**refresh, api_name="lab_folders")
     ui["lab_folder"].change(**wire(ui, report, ("lab_folder",), ("lab_report",)), api_name="lab_report")
 
 
