@@ -52,7 +52,7 @@ def find_images(
     )
     if not found:
         raise ValueError(f"{root}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return found[:limit] if limit else found
+    return found if limit is None else found[:limit]
 
 
 def load_captions(data_dir: str | Path, captions_file: str | Path | None, ids: list[str]) -> dict[str, str]:

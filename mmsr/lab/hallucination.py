@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..conditioning import MODALITIES
-from .results import number
+from .results import number, row_file
 from .stats import Estimate, bootstrap, per_image
 
 SETTING_COLUMNS = ("cfg_mode", "guidance", "subset", *[f"tau_{m}" for m in MODALITIES])
@@ -28,9 +28,16 @@ def setting_key(row: dict) -> tuple:
     return tuple(row.get(c, "") for c in SETTING_COLUMNS)
 
 
-def _open(root: Path, rel: str) -> Image.Image:
-    with Image.open(root / rel) as image:
-        return image.convert("RGB")
+def _open(root: Path, rel: str) -> Image.Image | None:
+    """A row's output image, ``None`` when it is missing, unreadable or outside ``root`` (skipped)."""
+    path = row_file(root, rel)
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def caption_swap(rows: list[dict], root: str | Path) -> dict[str, dict[str, Estimate]]:
@@ -49,6 +56,8 @@ def caption_swap(rows: list[dict], root: str | Path) -> dict[str, dict[str, Esti
         if ref is None:
             continue
         a, b = _open(root, ref["output"]), _open(root, swap["output"])
+        if a is None or b is None or a.size != b.size:
+            continue
         lr_true, lr_swap = number(ref, "lr_psnr"), number(swap, "lr_psnr")
         pairs.append({
             "image": swap["image"], "method": swap["method"],
@@ -78,7 +87,10 @@ def seed_variance(
         seeds = {r["seed"]: r for r in group}
         if len(seeds) < 2 or (image, method) in maps:
             continue
-        stack = np.stack([np.asarray(_open(root, r["output"]), np.float32) for r in seeds.values()])
+        images = [_open(root, r["output"]) for r in seeds.values()]
+        if any(i is None for i in images) or len({i.size for i in images}) > 1:
+            continue
+        stack = np.stack([np.asarray(i, np.float32) for i in images])
         maps[(image, method)] = stack.std(axis=0).mean(axis=2)
         values.append(
             {

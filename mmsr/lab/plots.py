@@ -20,6 +20,7 @@ def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # labels are names from the data: a "$" is a dollar sign
     import matplotlib.pyplot as plt
 
     return plt

@@ -3,65 +3,114 @@
 The report is a list of blocks (headings, paragraphs, lists, tables, images) rendered twice, to
 ``report.md`` and ``report.html``; plots go to ``plots/``. The merge of the shards runs first, so a
 report of an interrupted multi-process run still sees every finished row.
+
+Viewing (:func:`load_report`, the app's Lab section) never writes into a results folder: a missing
+or stale report is built into a scratch folder, and only folders whose real path lies under the
+lab root are offered (:func:`results_folders`).
 """
 
 from __future__ import annotations
 
-import html
 import json
-import re
+import os
 from pathlib import Path
 
+from ..files import temp_beside
 from ..metrics import METRICS
-from .results import RESULTS, SHARDS, merge, number
+from .render import escape, keep_links_inside, render_html, render_markdown
+from .results import RESULTS, SHARDS, collect, merge, number, row_file
 from .run import RUN_FILE
 from .sections import Context, sections
 from .stats import CI_METHOD, per_image
 
 REPORT = "report.md"
 PLOTS = "plots"
-_IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
+MAX_DEPTH = 2  # results folders are offered at most this many levels under the lab root
 
 
-def build_report(results_dir: str | Path) -> Path:
-    """Merge the shards, write ``report.md``, ``report.html`` and ``plots/*.png``; return the .md path."""
+def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write ``report.md``, ``report.html`` and ``plots/*.png``; return the .md path.
+
+    Into ``results_dir`` after merging its shards (``lab report``), or, given ``out_dir``, into that
+    folder without writing anything into ``results_dir`` (viewing).
+    """
     root = Path(results_dir)
     if not (root / RESULTS).is_file() and not (root / SHARDS).is_dir():
         raise ValueError(f"{root}: no {RESULTS} here; run `python -m mmsr lab run --out {root}` first")
-    rows = merge(root)
-    info = json.loads((root / RUN_FILE).read_text()) if (root / RUN_FILE).is_file() else {}
-    ctx = Context(root, rows, info, root / PLOTS)
+    out = Path(out_dir) if out_dir is not None else root
+    rows = merge(root) if out_dir is None else collect(root)
+    info = json.loads((root / RUN_FILE).read_text(encoding="utf-8")) if (root / RUN_FILE).is_file() else {}
+    ctx = Context(root, rows, info, out)
     blocks = [
         ("h", 1, "MMSR Lab report"),
         *_overview(ctx),
         *sections(ctx),
         *_notes(ctx),
     ]
-    _write(root / REPORT, render_markdown(blocks))
-    _write(root / "report.html", render_html(blocks, title=f"MMSR Lab report: {root.name}"))
-    return root / REPORT
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / REPORT, render_markdown(blocks))
+    _write(out / "report.html", render_html(blocks, title=f"MMSR Lab report: {root.name}"))
+    return out / REPORT
 
 
-def load_report(results_dir: str | Path) -> tuple[str, list[Path]]:
-    """The report of ``results_dir`` as ``(markdown, plot paths)``, for the app's Lab tab.
+def results_folders(lab_root: str | Path) -> dict[str, Path]:
+    """``{name relative to lab_root: real path}`` of the lab results folders at most ``MAX_DEPTH``
+    levels under ``lab_root``. A folder or ``results.csv`` reached through a symlink that leaves
+    ``lab_root`` is not offered."""
+    root = Path(lab_root).resolve()
+    if not root.is_dir():
+        return {}
+    found = {}
+    for depth in range(MAX_DEPTH + 1):
+        for csv_file in sorted(root.glob("/".join(["*"] * depth + [RESULTS]))):
+            folder = csv_file.parent.resolve()
+            if folder.is_relative_to(root) and csv_file.resolve().is_relative_to(folder):
+                found[csv_file.parent.relative_to(root).as_posix()] = folder
+    return found
 
-    Rebuilds it when missing or older than the results (or a shard); image links in the Markdown
-    are relative to ``results_dir``, the paths returned are absolute, in order of appearance.
-    Raises ``ValueError`` when the folder holds no lab results.
+
+def load_report(results_dir: str | Path, *, scratch: str | Path | None = None) -> tuple[str, list[Path]]:
+    """The report of ``results_dir`` as ``(markdown, image paths)``, for the app's Lab section.
+
+    Reads ``report.md`` when it is newer than the results; else builds the report into ``scratch``
+    (a folder of the viewer's own), and without one raises ``ValueError`` saying to run ``lab
+    report``: viewing never writes into ``results_dir``. Links and images that do not resolve
+    inside the report's folder are dropped; the image paths returned (absolute, in order) all lie
+    inside it. Every failure is a ``ValueError`` whose message names no server path.
     """
     root = Path(results_dir).resolve()
+    try:
+        folder = root if _is_fresh(root) else _rebuild(root, scratch)
+        markdown = (folder / REPORT).read_text(encoding="utf-8")
+    except Exception as e:  # noqa: BLE001 - a damaged folder gets a sentence, not a traceback with paths
+        message = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        for path, name in ((root, root.name), (Path(scratch or root).resolve(), "scratch")):
+            message = message.replace(str(path), name)
+        raise ValueError(f"cannot show the report of {root.name}: {message}") from e
+    return keep_links_inside(markdown, folder)
+
+
+def _is_fresh(root: Path) -> bool:
     report = root / REPORT
     sources = [root / RESULTS, root / RUN_FILE, *(root / SHARDS).glob("*.csv")]
     newest = max((p.stat().st_mtime for p in sources if p.is_file()), default=0.0)
-    if not report.is_file() or report.stat().st_mtime < newest:
-        build_report(root)
-    markdown = report.read_text(encoding="utf-8")
-    return markdown, [root / p for p in _IMAGE_LINK.findall(markdown)]
+    return report.is_file() and report.stat().st_mtime >= newest
+
+
+def _rebuild(root: Path, scratch: str | Path | None) -> Path:
+    if scratch is None:
+        raise ValueError(
+            f"its report is missing or older than the results; run `python -m mmsr lab report --results {root.name}`"
+        )
+    out = Path(scratch)
+    build_report(root, out)
+    return out
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text, encoding="utf-8")
+    fd, tmp = temp_beside(path)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
     tmp.replace(path)
 
 
@@ -73,16 +122,17 @@ def _overview(ctx: Context) -> list:
     ok = ctx.ok
     images = sorted({r["image"] for r in ok})
     methods = list(dict.fromkeys(r["method"] for r in ok))
-    steps = inv.get("steps") or "preset default"
+    steps = escape(inv.get("steps") or "preset default")
+    data = Path(str(inv.get("data", "?"))).name  # the folder's name: the report never shows a server path
     facts = [
         (
             f"**{len(ok)}** rows ({len(ctx.rows) - len(ok)} failed) over **{len(images)}** images and "
-            f"**{len(methods)}** methods: {', '.join(methods) or 'none'}."
+            f"**{len(methods)}** methods: {', '.join(map(escape, methods)) or 'none'}."
         ),
-        f"Preset `{inv.get('preset', '?')}`, steps: {steps}, LR `{inv.get('lr', '?')}`"
-        + (f" (central {inv['crop']} px crops)" if inv.get("crop") else "")
-        + f", data `{inv.get('data', '?')}`.",
-        f"Base setting: cfg mode `{ctx.base.cfg_mode}`, guidance {ctx.base.guidance:g}, all modalities, tau = 1, true captions.",
+        f"Preset {escape(inv.get('preset', '?'))}, steps: {steps}, LR {escape(inv.get('lr', '?'))}"
+        + (f" (central {escape(inv['crop'])} px crops)" if inv.get("crop") else "")
+        + f", data folder {escape(data)}.",
+        f"Base setting: cfg mode {escape(ctx.base.cfg_mode)}, guidance {ctx.base.guidance:g}, all modalities, tau = 1, true captions.",
         f"Intervals: {CI_METHOD}.",
     ]
     return [("ul", facts), *_summary(ctx)]
@@ -103,12 +153,12 @@ def _summary(ctx: Context) -> list:
             reverse=not info.lower_better,
         )
         best = ranked[0]
-        text = f"**{info.label}** ({'lower' if info.lower_better else 'higher'} is better): **{best}** {ctx.estimate(by_method[best]).text()}"
+        text = f"**{info.label}** ({'lower' if info.lower_better else 'higher'} is better): **{escape(best)}** {ctx.estimate(by_method[best]).text()}"
         if len(ranked) > 1:
             second = ranked[1]
             diff = ctx.difference(by_method[best], by_method[second])
             verdict = "the interval excludes 0" if diff.excludes_zero else "not separable on these images"
-            text += f", ahead of {second} {ctx.estimate(by_method[second]).text()}; difference {diff.text()}, {verdict}"
+            text += f", ahead of {escape(second)} {ctx.estimate(by_method[second]).text()}; difference {diff.text()}, {verdict}"
         lines.append(text + ".")
     lines += ctx.hallucination_summary()
     if not lines:
@@ -124,6 +174,10 @@ def _notes(ctx: Context) -> list:
     notes += [f"failed: {r['method']} on {r['image']} ({describe_setting(r)}): {r['error']}" for r in errors[:10]]
     if len(errors) > 10:
         notes.append(f"... and {len(errors) - 10} more failures (see {RESULTS}, column error)")
+    missing = [r["output"] for r in ctx.ok if row_file(ctx.root, r["output"]) is None]
+    if missing:
+        notes.append(f"{len(missing)} output images listed in {RESULTS} are missing (e.g. {missing[0]}); left out")
+    notes = list(map(escape, notes))
     return [("h", 2, "Notes"), ("ul", notes)] if notes else []
 
 
@@ -134,69 +188,3 @@ def describe_setting(row: dict) -> str:
         row.get("subset"),
     ]
     return ", ".join(p for p in parts if p) + f", seed {row['seed']}"
-
-
-# -- rendering ------------------------------------------------------------------------------------
-
-
-def render_markdown(blocks: list) -> str:
-    out = []
-    for block in blocks:
-        kind = block[0]
-        if kind == "h":
-            out.append("#" * block[1] + " " + block[2])
-        elif kind == "p":
-            out.append(block[1])
-        elif kind == "ul":
-            out.append("\n".join(f"- {item}" for item in block[1]))
-        elif kind == "img":
-            out.append(f"![{block[2]}]({block[1]})")
-        elif kind == "table":
-            header, rows, bold = block[1], block[2], block[3]
-            lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            for i, row in enumerate(rows):
-                cells = [f"**{c}**" if (i, j) in bold else c for j, c in enumerate(row)]
-                lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-            out.append("\n".join(lines))
-    return "\n\n".join(out) + "\n"
-
-
-def _inline(text: str) -> str:
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
-
-
-def render_html(blocks: list, title: str) -> str:
-    body = []
-    for block in blocks:
-        kind = block[0]
-        if kind == "h":
-            body.append(f"<h{block[1]}>{_inline(block[2])}</h{block[1]}>")
-        elif kind == "p":
-            body.append(f"<p>{_inline(block[1])}</p>")
-        elif kind == "ul":
-            body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block[1]) + "</ul>")
-        elif kind == "img":
-            body.append(
-                f'<figure><img src="{html.escape(block[1])}" alt="{html.escape(block[2])}"><figcaption>{_inline(block[2])}</figcaption></figure>'
-            )
-        elif kind == "table":
-            header, rows, bold = block[1], block[2], block[3]
-            head = "".join(f"<th>{_inline(h)}</th>" for h in header)
-            trs = [
-                "<tr>"
-                + "".join(
-                    f"<td>{'<b>' if (i, j) in bold else ''}{_inline(c)}{'</b>' if (i, j) in bold else ''}</td>"
-                    for j, c in enumerate(row)
-                )
-                + "</tr>"
-                for i, row in enumerate(rows)
-            ]
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(trs)}</tbody></table>")
-    style = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-        "th{background:#f3f3f3}img{max-width:100%}figcaption{color:#555;font-size:90%}"
-    )
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"

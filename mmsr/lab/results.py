@@ -13,11 +13,11 @@ import csv
 import io
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Self
 
 from ..conditioning import MODALITIES
+from ..files import temp_beside
 from ..metrics import METRICS
 
 RESULTS = "results.csv"
@@ -143,7 +143,7 @@ def merge(out_dir: str | Path, *, remove_shards: bool = False) -> list[dict]:
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, columns, extrasaction="ignore", lineterminator="\n")
@@ -160,6 +160,16 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 def done_ids(out_dir: str | Path) -> set[str]:
     """Ids of the rows that finished (errors are retried)."""
     return {r["id"] for r in collect(out_dir) if r["status"] == "ok"}
+
+
+def row_file(root: str | Path, rel: str | None) -> Path | None:
+    """The file a row names (``output``, ``lr_path`` ...) when it exists inside ``root``, else ``None``:
+    a missing file, or one reached through ``..``, an absolute path or a symlink out of the folder."""
+    if not rel:
+        return None
+    root = Path(root).resolve()
+    path = (root / rel).resolve()
+    return path if path.is_relative_to(root) and path.is_file() else None
 
 
 def number(row: dict, column: str) -> float | None:

@@ -18,7 +18,8 @@ from ..conditioning import MODALITIES
 from ..metrics import METRICS
 from . import hallucination, plots
 from .methods import SUBSETS, Setting
-from .results import number
+from .render import escape
+from .results import number, row_file
 from .stats import Estimate, bootstrap, paired_difference, per_image
 
 MMSR = "mmsr"
@@ -29,12 +30,16 @@ MAX_HEATMAP_IMAGES = 4
 
 @dataclass
 class Context:
-    """The rows of one results folder plus what the sections share (base setting, metrics)."""
+    """The rows of one results folder plus what the sections share (base setting, metrics).
+
+    ``root`` holds the results (read only through :func:`row_file`); ``out`` is the folder the
+    report goes to, its plots in ``out/plots`` and its links relative to ``out``.
+    """
 
     root: Path
     rows: list[dict]
     info: dict
-    plots: Path
+    out: Path
     ok: list[dict] = field(init=False)
     base: Setting = field(init=False)
     metrics: list[str] = field(init=False)
@@ -49,6 +54,13 @@ class Context:
             caption="true",
         )
         self.metrics = [m for m in METRICS if any(number(r, m) is not None for r in self.ok)]
+
+    @property
+    def plots(self) -> Path:
+        return self.out / "plots"
+
+    def link(self, path: Path) -> str:
+        return path.relative_to(self.out).as_posix()
 
     @staticmethod
     def estimate(by_image: dict[str, float]) -> Estimate:
@@ -95,7 +107,7 @@ class Context:
         if self.swap:
             still = max(self.swap, key=lambda m: self.swap[m]["psnr"].mean)
             lines.append(
-                f"**Caption swap**: {still} moves least (PSNR between its two outputs {self.swap[still]['psnr'].text()} dB)."
+                f"**Caption swap**: {escape(still)} moves least (PSNR between its two outputs {self.swap[still]['psnr'].text()} dB)."
             )
             if MMSR in self.swap and "text-only" in self.swap:
                 a, b = self.swap[MMSR]["psnr"].mean, self.swap["text-only"]["psnr"].mean
@@ -109,9 +121,9 @@ class Context:
             steady = min(stochastic, key=lambda m: stochastic[m].mean)
             fixed = sorted(set(table) - set(stochastic))
             lines.append(
-                f"**Seed variance**: of the methods that depend on the seed, {steady} varies least "
+                f"**Seed variance**: of the methods that depend on the seed, {escape(steady)} varies least "
                 f"({stochastic[steady].text()} grey levels per pixel)"
-                + (f"; seed-independent: {', '.join(fixed)}." if fixed else ".")
+                + (f"; seed-independent: {', '.join(map(escape, fixed))}." if fixed else ".")
             )
         return lines
 
@@ -222,7 +234,7 @@ def tradeoff(ctx: Context) -> list:
         ),
         (
             "img",
-            path.relative_to(ctx.root).as_posix(),
+            ctx.link(path),
             "Trade-off across guidance, one line per cfg mode",
         ),
         ("table", ["cfg mode", "w", *map(_header, [x, *ys])], table, set()),
@@ -251,7 +263,7 @@ def ablation(ctx: Context) -> list:
         ),
         (
             "img",
-            path.relative_to(ctx.root).as_posix(),
+            ctx.link(path),
             "Modality ablation, 95% intervals",
         ),
         _table(subsets, by_metric, "subset"),
@@ -283,7 +295,7 @@ def temperature(ctx: Context) -> list:
             "Smaller tau = stronger influence of that modality (eq. 5). Central crops of the outputs, first seed.",
         ),
     ]
-    for image in sorted({r["image"] for r in rows})[:MAX_SHEETS]:
+    for i, image in enumerate(sorted({r["image"] for r in rows})[:MAX_SHEETS]):
         cells: dict[str, dict[float, Path]] = {m: {} for m in modalities}
         for r in sorted(
             (r for r in rows if r["image"] == image and id(r) in points),
@@ -291,18 +303,23 @@ def temperature(ctx: Context) -> list:
             reverse=True,
         ):
             m, tau = points[id(r)]
+            path = row_file(ctx.root, r["output"])
+            if path is None:  # missing (the report notes it) or outside the folder
+                continue
             for target in [m] if m else modalities:
-                cells[target][tau] = ctx.root / r["output"]
+                cells[target][tau] = path
+        if not any(cells.values()):
+            continue
         path = plots.contact_sheet(
             cells,
             f"{image}: tau sweep",
-            ctx.plots / f"temperature_{_slug(image)}.png",
+            ctx.plots / f"temperature_{i}_{_slug(image)[:40]}.png",  # the index keeps names apart
             reference=_reference(ctx, image),
         )
         blocks.append(
             (
                 "img",
-                path.relative_to(ctx.root).as_posix(),
+                ctx.link(path),
                 f"Temperature sweep on {image}",
             )
         )
@@ -361,7 +378,7 @@ def caption_swap(ctx: Context) -> list:
             f"settings. Higher PSNR/SSIM between the two outputs = moved less; identical outputs count as "
             f"{hallucination.IDENTICAL_PSNR:g} dB."
         )),
-        ("img", path.relative_to(ctx.root).as_posix(), "Caption swap, 95% intervals"),
+        ("img", ctx.link(path), "Caption swap, 95% intervals"),
         ("table", ["method", "images", "PSNR true vs swap ↑", "SSIM true vs swap ↑", "LR-cons. true", "LR-cons. swap", "Δ LR-cons."], table, set()),
     ]  # fmt: skip
 
@@ -386,7 +403,7 @@ def seed_variance(ctx: Context) -> list:
             "p",
             "Standard deviation over seeds of each output pixel (grey levels, mean over RGB) at the base setting; deterministic methods give 0.",
         ),
-        ("img", path.relative_to(ctx.root).as_posix(), "Seed variance heatmaps"),
+        ("img", ctx.link(path), "Seed variance heatmaps"),
         (
             "table",
             ["method", "images", "mean std over seeds ↓"],
@@ -400,8 +417,8 @@ def _reference(ctx: Context, image: str) -> tuple[str, Image.Image] | None:
     """The image's HR (or its LR enlarged x4 with nearest neighbour) for the contact sheet."""
     row = next(r for r in ctx.ok if r["image"] == image)
     for column, label in (("hr_path", "HR"), ("lr_path", "LR (x4 nearest)")):
-        path = ctx.root / row[column] if row.get(column) else None
-        if path and path.is_file():
+        path = row_file(ctx.root, row.get(column))
+        if path is not None:
             with Image.open(path) as found:
                 image = found.convert("RGB")
             if label != "HR":
