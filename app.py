@@ -119,6 +119,8 @@ def wire(ui: dict, fn, inputs: tuple[str, ...], outputs: tuple[str, ...], *, ses
             raise gr.Error(str(e)) from e
         unknown = set(out) - set(outputs)
         assert not unknown, f"{fn.__name__} returned fields it is not wired to: {sorted(unknown)}"
+        if not out:  # an empty dict would be read as one output's value
+            return gr.skip() if len(outputs) == 1 else tuple(gr.skip() for _ in outputs) or None
         return {ui[name]: _update(name, value) for name, value in out.items()}
 
     params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in inputs]

@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .constants import MODALITIES
 from .presets import PRESETS
@@ -29,6 +31,36 @@ class UserError(Exception):
     """An error caused by the user's input: printed as one line, exit status 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse that keeps the CLI's promise: a usage error is one line and a pointer to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def device_arg(text: str) -> str:
+    """``--device``: a torch device this machine has (an argparse ``type``, so a bad one is one line)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: no CUDA GPU is visible here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+            )
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: not supported; use cpu, cuda, cuda:N or mps")
+    return text
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="low-resolution image (any common format)")
     p.add_argument("-o", "--output", required=True, help="where to write the 4x image (.png, .jpg, .webp)")
@@ -36,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint", help="MMSR checkpoint dir or repo id (full preset; lite: overrides checkpoints/lite)"
     )
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("--device", type=device_arg, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     setting_argument(p, "caption")
     setting_argument(p, "negative_prompt")
     p.add_argument("--no-caption", action="store_true", help="use the empty caption; do not run the captioner")
@@ -64,6 +96,7 @@ def setting_argument(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    from .constants import SCALE
     from .engine import MAX_LR_SIDE, Engine
     from .errors import ResourceError
     from .imageio import ImageError, check_size, load_image, output_format, save_atomic
@@ -72,10 +105,10 @@ def main(args: argparse.Namespace) -> None:
 
     out = Path(args.output)
     try:
-        _check_output(out, Path(args.input), args.overwrite)
-        output_format(out)  # an unknown extension fails now, not after the diffusion
+        _check_output(out, Path(args.input), args.overwrite)  # every output check now, not after the diffusion
         lr, notes = load_image(args.input)
         check_size(lr, MAX_LR_SIDE)  # before the (slow) model load
+        output_format(out, (SCALE * lr.width, SCALE * lr.height))
         user_maps = {k: _load_map(getattr(args, f"{k}_map"), k) for k in MODALITIES if getattr(args, f"{k}_map")}
         settings = UpscaleSettings(
             caption=args.caption,
@@ -119,12 +152,21 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _check_output(out: Path, source: Path, overwrite: bool) -> None:
-    """Never write over the input (also through a link), nor over an output without ``--overwrite``."""
+    """Never write over the input (also through a link), nor over an output without ``--overwrite``;
+    the format must hold the image and the folder must be writable (it is created when missing)."""
+    from .imageio import output_format
+
     same = out.resolve() == source.resolve() or (out.exists() and source.exists() and out.samefile(source))
     if same:
         raise UserError("the output path is the input: refusing to overwrite an input")
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; name the output file, e.g. {out / 'out.png'}")
     if out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
+    output_format(out)
+    folder = next(p for p in (out.parent, *out.parent.parents) if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {out}: {folder} is not a writable folder")
 
 
 def _load_map(path: Path, name: str):
@@ -137,7 +179,7 @@ def _load_map(path: Path, name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mmsr", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m mmsr", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
         try:
@@ -151,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

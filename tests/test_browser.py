@@ -272,8 +272,11 @@ def test_run_then_stop_and_see_both_outputs_and_scores(url, browser, tmp_path):
 
 def test_the_example_lab_report_renders_with_its_plots(url, browser):
     open_page(browser, url)
-    tab = browser.js("return [...document.querySelectorAll('button[role=tab]')].find(b => b.innerText.includes('Lab'))")
-    browser.click(tab[ELEMENT])
+    find_tab = (
+        "return [...document.querySelectorAll('button[role=tab]')].find(b => b.innerText.trim() === 'Lab reports')"
+    )
+    tab = wait_for(lambda: browser.js(find_tab), 30, "the Lab tab")
+    browser.js("arguments[0].click()", tab)  # gradio keeps a hidden copy of each tab button
     plots = "#lab-report img"
     wait_for(lambda: count(browser, plots), 60, "the report's plots")
     loaded = browser.js(

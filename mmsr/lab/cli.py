@@ -196,3 +196,5 @@ def main(args: argparse.Namespace) -> None:
         f"{summary.planned} rows planned, {summary.skipped} already done, {summary.ran} run here"
         f" ({summary.errors} failed); results in {Path(args.out) / 'results.csv'}"
     )
+    if summary.planned and not summary.ok:
+        raise UserError(f"no row succeeded; the first failure: {summary.first_error}")

@@ -65,6 +65,12 @@ class RunConfig:
     report: bool = True
 
     def validate(self) -> RunConfig:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"--limit must be at least 1 (the number of images to use), got {self.limit}")
+        if self.crop is not None and self.crop < MIN_CROP:
+            raise ValueError(
+                f"--crop must be at least {MIN_CROP} (LR pixels; the HR crop is {SCALE}x that), got {self.crop}"
+            )
         for mode in self.cfg_modes:
             check_cfg_mode(mode)
         for subset in self.subsets:
@@ -113,6 +119,7 @@ class Job:
     setting: Setting
     seed: int
     caption_key: str  # the caption text, or "<auto>:<image>" when the captioner decides at run time
+    folder: str = ""  # the image's folder name under images/ and inputs/ (see output_folders)
 
     @property
     def id(self) -> str:
@@ -120,11 +127,37 @@ class Job:
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def output(self) -> str:
-        return f"images/{safe_name(self.image)}/{self.method}/{self.setting.slug()}_seed{self.seed}.png"
+        return f"images/{self.folder}/{self.method}/{self.setting.slug()}_seed{self.seed}.png"
 
 
-def safe_name(image_id: str) -> str:
-    return image_id.replace(".", "_")
+def output_folders(image_ids: list[str]) -> dict[str, str]:
+    """A folder name per image id, injective over ``image_ids``: the id itself when it is already a
+    safe single name (``x.b.png`` and ``x_b.png`` stay apart), else the id made safe plus a short hash
+    of it; also a hash when two names would be one on a case-folding file system. A clash left after
+    that (a file named like another's hashed name) is a ``ValueError``, never an overwrite."""
+    safe = {i: _safe(i) for i in image_ids}
+    shared = Counter(_fold(s) for s in safe.values())
+    names = {i: s if s == i and shared[_fold(s)] == 1 else _hashed(s, i) for i, s in safe.items()}
+    seen: dict[str, str] = {}
+    for image_id, name in names.items():
+        other = seen.setdefault(_fold(name), image_id)
+        if other != image_id:
+            raise ValueError(f"images {other!r} and {image_id!r} would share the output folder {name!r}; rename one")
+    return names
+
+
+def _safe(image_id: str) -> str:
+    name = _UNSAFE.sub("_", image_id).lstrip(".")
+    return name[:MAX_NAME] or "_"
+
+
+def _fold(name: str) -> str:
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def _hashed(name: str, image_id: str) -> str:
+    stem, dot, ext = name.rpartition(".") if "." in name else (name, "", "")
+    return f"{stem}-{hashlib.sha1(image_id.encode()).hexdigest()[:8]}{dot}{ext}"
 
 
 def study_settings(config: RunConfig) -> tuple[list[Setting], list[Setting]]:
@@ -149,6 +182,7 @@ def plan(
     """The jobs in a stable order (image, method, setting, seed), and notes for the user."""
     sweep, variants = study_settings(config)
     partner = derangement(image_ids)
+    folders = output_folders(image_ids)
     notes = []
     if any(v.caption == "swap" for v in variants) and not partner:
         notes.append("caption swap needs at least two images: skipped")
@@ -174,10 +208,23 @@ def plan(
                 if setting.caption == "swap" and key == caption_key(image_id, "true"):
                     useless_swaps += 1
                     continue
-                jobs += [Job(image_id, name, setting, seed, key) for seed in config.seeds]
+                jobs += [Job(image_id, name, setting, seed, key, folders[image_id]) for seed in config.seeds]
     if useless_swaps:
         notes.append(f"{useless_swaps} caption swaps skipped: the other image's caption is the same (give captions)")
+    _check_outputs_distinct(jobs)
     return jobs, notes
+
+
+def _check_outputs_distinct(jobs: list[Job]) -> None:
+    """Two jobs writing one file would silently overwrite each other's image: refuse the plan."""
+    seen: dict[str, Job] = {}
+    for job in jobs:
+        other = seen.setdefault(job.output(), job)
+        if other is not job:
+            raise ValueError(
+                f"two rows would write {job.output()} ({other.method} {other.setting.slug()} and "
+                f"{job.method} {job.setting.slug()} on {job.image!r}); make the swept values differ more"
+            )
 
 
 def check_run_file(out: Path, config: RunConfig) -> None:
@@ -200,6 +247,8 @@ class RunSummary:
     unavailable: dict[str, str]
     notes: list[str]
     rows: int = 0
+    ok: int = 0  # finished rows in the results, this run's and earlier ones
+    first_error: str = ""
     main_process: bool = True
 
 
@@ -217,6 +266,7 @@ class JobRunner:
     ):
         self.config, self.paths, self.captions = config, paths, captions
         self.methods, self.scorer, self.process = methods, scorer, process
+        self.folders = output_folders(list(paths))
         self._inputs: dict = {}
 
     def inputs(self, image_id: str):
@@ -228,7 +278,7 @@ class JobRunner:
                 crop=self.config.crop,
                 seed=self.config.lr_seed,
             )
-            folder = self.config.out / "inputs" / safe_name(image_id)
+            folder = self.config.out / "inputs" / self.folders[image_id]
             save_atomic(item.lr, folder / "lr.png", overwrite=True)
             if item.hr is not None:
                 save_atomic(item.hr, folder / "hr.png", overwrite=True)
@@ -270,7 +320,7 @@ class JobRunner:
     def _describe(self, job: Job, method: Method) -> dict:
         s = job.setting
         taus = {f"tau_{m}": s.tau(m) if "temperatures" in method.axes else None for m in MODALITIES}
-        folder = f"inputs/{safe_name(job.image)}"
+        folder = f"inputs/{job.folder}"
         return dict(
             id=job.id, image=job.image, method=job.method, cfg_mode=s.cfg_mode, guidance=s.guidance,
             subset=s.subset, **taus, caption_kind=s.caption, seed=job.seed, output=job.output(),
@@ -321,7 +371,9 @@ def run_lab(config: RunConfig, *, on_row: Callable[[dict], None] | None = None, 
     summary = RunSummary(len(jobs), len(jobs) - len(pending), len(mine), errors, methods.unavailable, notes)
     summary.main_process = state.is_main_process
     if state.is_main_process:
-        summary.rows = len(merge(out, remove_shards=True))
+        rows = merge(out, remove_shards=True)
+        summary.rows, summary.ok = len(rows), sum(r["status"] == "ok" for r in rows)
+        summary.first_error = next((f"{r['method']} on {r['image']}: {r['error']}" for r in rows if r.get("error")), "")
         if config.report:
             from .report import build_report
 
