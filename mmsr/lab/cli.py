@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..cli import device_arg
 from ..conditioning import MODALITIES
 from ..guidance import CFG_MODES
 from ..presets import PRESETS
@@ -100,6 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--checkpoint", help="MMSR checkpoint (default: the preset's)")
     run.add_argument(
         "--device",
+        type=device_arg,
         help="cpu, cuda ... (default: each process's own accelerator; leave unset under multi-GPU accelerate launch)",
     )
     run.add_argument("--steps", type=int, help="denoising steps of MMSR (default: the preset's)")

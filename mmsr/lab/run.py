@@ -20,12 +20,16 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import re
 import time
+import unicodedata
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..conditioning import MODALITIES
+from ..constants import SCALE
 from ..guidance import check_cfg_mode
 from ..imageio import save_atomic
 from ..settings import UpscaleSettings
@@ -34,6 +38,9 @@ from .methods import Method, Setting, check_subset
 from .results import RESULTS, ShardWriter, done_ids, merge, shard_path
 
 RUN_FILE = "run.json"
+MIN_CROP = 8  # LR pixels: the model's smallest input side
+MAX_NAME = 120  # characters of an image's folder name (file systems allow 255 bytes)
+_UNSAFE = re.compile(r"[^\w.-]")  # kept in folder names: letters and digits of any script, _ . -
 CAPTION_KINDS = ("true", "swap", "empty")
 AUTO = "<auto>"
 
