@@ -273,13 +273,18 @@ def run_record(
     """Everything that determines the MMSR output, as a JSON-able dict (see :func:`settings_from_record`).
 
     The caption is stored as used and ``auto_caption`` off, so a captioner elsewhere cannot change it.
+    The checkpoint is named by its preset and weight hashes (and a hub repo id), never by a local
+    path: the record is handed to visitors.
     """
     result = comparison.mmsr
     settings = replace(result.settings, caption=result.caption, auto_caption=False)
+    weights = {"digest": checkpoint_digest(hashes or {}), "sha256": dict(hashes or {})}
+    if checkpoint is not None and _is_repo_id(str(checkpoint)):
+        weights = {"repo": str(checkpoint), **weights}
     return {
         "format": RECORD_FORMAT,
         "preset": preset,
-        "checkpoint": {"path": checkpoint, "digest": checkpoint_digest(hashes or {}), "sha256": dict(hashes or {})},
+        "checkpoint": weights,
         "input": {"sha256": pixel_sha256(result.lr), "size": list(result.lr.size)},
         "settings": settings.to_dict(),
         "baseline": comparison.baseline_name,
@@ -287,6 +292,11 @@ def run_record(
         "maps_sha256": {k: pixel_sha256(r.map) for k, r in result.modalities.items() if r.available},
         "output": {"sha256": pixel_sha256(result.image), "size": list(result.image.size)},
     }
+
+
+def _is_repo_id(name: str) -> bool:
+    """``owner/name`` of the Hugging Face hub, not a folder on this machine."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
 
 
 def settings_from_record(record: dict[str, Any]) -> tuple[UpscaleSettings, str, list[str]]:
