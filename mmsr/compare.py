@@ -30,6 +30,7 @@ from .settings import UpscaleSettings
 TEXT_ONLY = "text-only-mmsr"
 TEXT_ONLY_LABEL = "Text-only MMSR (every modality = m_0)"
 RECORD_FORMAT = "mmsr-lab/run-v1"
+RECORD_FIELDS = {"preset": str, "baseline": str, "checkpoint": dict, "input": dict, "modalities": dict}
 # progress(stage, step, total); raise from it to cancel
 Progress = Callable[[str, int, int], None]
 
@@ -303,6 +304,9 @@ def settings_from_record(record: dict[str, Any]) -> tuple[UpscaleSettings, str, 
     """``(settings, baseline, notes)`` from a :func:`run_record` dict; ``ValueError`` if it is not one."""
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         raise ValueError(f'not an MMSR Lab run record (expected "format": "{RECORD_FORMAT}")')
+    for key, kind in RECORD_FIELDS.items():  # callers read these fields too: their types are checked here, once
+        if record.get(key) is not None and not isinstance(record[key], kind):
+            raise ValueError(f"{key} must be {'a string' if kind is str else 'an object'}, got {type(record[key]).__name__}")
     settings = UpscaleSettings.from_dict(record.get("settings") or {})
     notes = []
     user = [k for k, source in (record.get("modalities") or {}).items() if source == "user"]

@@ -323,7 +323,7 @@ class Demo:
         try:
             record = json.loads(Path(path).read_text())
             settings, baseline, notes = settings_from_record(record)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError, ValueError) as e:
             raise DemoError(f"could not import the settings: {e}") from e
         if record.get("preset") != self.engine.preset.name:
             notes.append(f"recorded with preset {record.get('preset')!r}; this app runs {self.engine.preset.name!r}")
