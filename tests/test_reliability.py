@@ -789,3 +789,158 @@ def test_app_answers_out_of_memory_and_keeps_serving(lab, engine, tmp_path):
     finally:
         handle.remove()
     assert run_handler(lab, str(source))["slider"][0].size == (96, 64)
+
+
+# -- round 2: depth, formats, modes, devices, usage errors, records ----------------------------------
+
+
+def _tiff(array: np.ndarray) -> bytes:
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (encoded(Image.fromarray(np.full((16, 16), 200, np.uint16))), 1),  # 16-bit PNG under 256: dark
+        (encoded(Image.fromarray(np.full((16, 16), 65535, np.uint16))), 255),
+        (_tiff(np.full((16, 16), 2_000_000_000, np.int32)), 237),  # 32-bit signed TIFF: not clipped
+        (_tiff(np.full((16, 16), 3_000_000_000, np.uint32)), 178),  # unsigned 32-bit: not wrapped
+        (_tiff(np.full((16, 16), 16384, np.int16)), 128),
+    ],
+)
+def test_integer_images_are_scaled_by_their_declared_depth(data, expected):
+    image, _ = load_image(data)
+    assert np.asarray(image).min() == np.asarray(image).max() == expected
+
+
+@pytest.mark.parametrize("suffix", [".ico", ".gif", ".xbm", ".pdf", ".nope"])
+def test_outputs_that_cannot_hold_the_image_are_refused_before_the_model(upscale, tmp_path, monkeypatch, suffix):
+    monkeypatch.setattr(Engine, "load", classmethod(lambda cls, *a, **k: pytest.fail("the model ran")))
+    source = tmp_path / "in.png"
+    source.write_bytes(encoded(noise()))
+    assert_user_error(upscale(source, output=tmp_path / f"out{suffix}"), "cannot hold|unknown output format")
+    assert not (tmp_path / f"out{suffix}").exists()
+
+
+def test_output_path_problems_are_refused_before_the_model(upscale, tmp_path, monkeypatch):
+    monkeypatch.setattr(Engine, "load", classmethod(lambda cls, *a, **k: pytest.fail("the model ran")))
+    source = tmp_path / "in.png"
+    source.write_bytes(encoded(noise()))
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    assert_user_error(upscale(source, output=tmp_path / "file.txt" / "out.png"), "not a writable folder")
+    (tmp_path / "folder").mkdir()
+    assert_user_error(upscale(source, output=tmp_path / "folder"), "is a folder")
+
+
+def test_outputs_get_the_users_umask(tmp_path):
+    from mmsr.lab.results import write_csv
+
+    old = os.umask(0o022)
+    try:
+        save_atomic(noise(), tmp_path / "out.png")
+        write_csv(tmp_path / "rows.csv", [{"a": 1}], ["a"])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.png").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "rows.csv").stat().st_mode & 0o777 == 0o644
+
+
+def test_folders_and_devices_are_named_as_such(tmp_path):
+    with pytest.raises(ImageError, match="is a folder"):
+        load_image(tmp_path)
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image("/dev/zero")
+    with pytest.raises(ImageError, match="^your upload: the file is empty"):
+        (tmp_path / "e.png").write_bytes(b"")
+        load_image(tmp_path / "e.png", name="your upload")
+
+
+def run_cli(argv: list[str]) -> int:
+    """``mmsr.cli.run``, with argparse's exit (a usage error, printed already) as the exit code."""
+    try:
+        return cli.run(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:99", "meta", *([] if torch.cuda.is_available() else ["cuda"])])
+@pytest.mark.parametrize("command", ["upscale", "lab"])
+def test_an_unusable_device_is_one_line(upscale, tmp_path, capsys, device, command):
+    source = tmp_path / "in.png"
+    source.write_bytes(encoded(noise()))
+    argv = ["upscale", str(source), "-o", str(tmp_path / "o.png")]
+    if command == "lab":
+        argv = ["lab", "run", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    result = (run_cli([*argv, "--device", device]), *capsys.readouterr())
+    assert_user_error(result, "device|GPU")
+    assert "see `python -m mmsr" in result[2]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["upscale", "in.png"], ["upscale", "in.png", "-o", "o.png", "--steps", "abc"], ["nope"], ["lab", "run"], []],
+)
+def test_usage_errors_are_one_line_and_point_to_help(argv, capsys):
+    assert_user_error((run_cli(argv), *capsys.readouterr()), "see `python -m mmsr")
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_starting_exits_130_without_traceback(tmp_path):
+    import signal
+
+    source = tmp_path / "in.png"
+    source.write_bytes(encoded(noise()))
+    argv = [
+        sys.executable,
+        "-m",
+        "mmsr",
+        "upscale",
+        str(source),
+        "-o",
+        str(tmp_path / "o.png"),
+        "--preset",
+        "tiny-random",
+    ]
+    proc = subprocess.Popen(argv, cwd=ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # importing torch and diffusers takes longer than this
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "interrupted"
+
+
+def test_run_records_name_no_server_path(tmp_path):
+    from mmsr.compare import run_record
+
+    image = noise()
+    mmsr = SimpleNamespace(
+        settings=UpscaleSettings(), caption="", lr=image, image=image, modalities={}, sources=lambda: {}
+    )
+    comparison = SimpleNamespace(mmsr=mmsr, baseline_name="bicubic")
+    hashes = {"unet/model.safetensors": "ab" * 32}
+    record = run_record(comparison, preset="lite", checkpoint=str(tmp_path / "checkpoints" / "lite"), hashes=hashes)
+    assert str(tmp_path) not in repr(record) and record["checkpoint"]["sha256"] == hashes
+    assert run_record(comparison, preset="full", checkpoint="owner/model")["checkpoint"]["repo"] == "owner/model"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"checkpoint": "a string"},
+        {"input": ["a", "list"]},
+        {"modalities": "abc"},
+        {"baseline": {"a": 1}},
+        {"settings": "abc"},
+        {"settings": {"modalities": {"depth": "yes"}}},
+        {"settings": {"refine": "../../etc/passwd"}},
+    ],
+)
+def test_a_run_record_with_a_bad_body_is_a_value_error(body):
+    from mmsr.compare import RECORD_FORMAT, settings_from_record
+
+    with pytest.raises(ValueError):
+        settings_from_record({"format": RECORD_FORMAT, **body})
