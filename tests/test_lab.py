@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from skimage import data
 
@@ -173,6 +175,7 @@ def test_end_to_end_run_resume_and_report(lab_data, tmp_path, tiny_pipe):
 
     markdown, plots = load_report(out)
     assert all(s in markdown for s in SECTIONS), markdown
+    assert_links_inside(out)  # the report with every section the lab writes
     assert "**bicubic**" in markdown  # the best PSNR of the Table 1 layout is in bold
     assert {p.name for p in plots} >= {"tradeoff.png", "ablation.png", "caption_swap.png", "seed_variance.png"}
     assert all(p.is_file() and p.is_absolute() for p in plots)
@@ -229,3 +232,189 @@ def test_two_processes_split_the_rows(lab_data, tmp_path):
     assert len(rows) == len({r["id"] for r in rows}) == 2 * 2 * 2
     assert {r["process"] for r in rows} == {"0", "1"}
     assert not list((out / "shards").glob("*.csv"))
+
+
+# -- round 2: ids, links, symlinks, viewing, limits ---------------------------------------------------
+
+HOSTILE = ["x.b.png", "x_b.png", "a/b.png", "a_b.png", "A.png", "a.png", "![i](..%2fapp.py).png", "<b>&amp;`$x$`.png"]
+
+
+def assert_links_inside(folder: Path) -> None:
+    """Every link and image of report.md and every src/href of report.html is a file inside ``folder``."""
+    import re
+
+    from mmsr.lab.render import link_target
+
+    markdown = (folder / "report.md").read_text()
+    targets = re.findall(r"(?<!\\)\]\(([^)]*)\)", markdown)
+    targets += re.findall(r"(?:src|href)=\"([^\"]*)\"", (folder / "report.html").read_text())
+    assert all(link_target(folder, t) is not None for t in targets), targets
+
+
+def test_output_folders_are_injective_and_a_clash_is_an_error():
+    from mmsr.lab.run import Job, _check_outputs_distinct, output_folders
+
+    names = output_folders(HOSTILE)
+    assert len({n.casefold() for n in names.values()}) == len(HOSTILE)
+    assert names["x.b.png"] == "x.b.png" and names["x_b.png"] == "x_b.png"  # the extension is kept
+    assert all("/" not in n and not n.startswith(".") for n in names.values())
+    hashed = names["a/b.png"]
+    with pytest.raises(ValueError, match="share the output folder"):
+        output_folders(["a/b.png", hashed])
+    one = Job("x.png", "mmsr", Setting(guidance=4.0), 0, "", "x.png")
+    with pytest.raises(ValueError, match="two rows would write"):
+        _check_outputs_distinct([one, Job("x.png", "mmsr", Setting(guidance=4.0000001), 0, "", "x.png")])
+
+
+NAMES = st.text(st.sampled_from("ab.-_/\\[]()!<>&#*`|$~ é猫\n"), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ids=st.lists(NAMES, min_size=1, max_size=6, unique=True))
+def test_ids_and_report_text_from_any_names(ids, tmp_path_factory):
+    """Names with markdown/HTML metacharacters, ``..``, slashes, unicode: nothing collides, nothing escapes."""
+    import html
+    import re
+
+    from mmsr.lab.render import escape, keep_links_inside, render_html, render_markdown
+    from mmsr.lab.run import output_folders
+
+    names = output_folders(ids)
+    assert len({n.casefold() for n in names.values()}) == len(ids)
+    assert all(n not in ("", ".", "..") and "/" not in n and not n.startswith(".") for n in names.values())
+    folder = tmp_path_factory.mktemp("report")
+    blocks = [
+        ("p", " ".join(map(escape, ids))),
+        ("ul", [escape(i) for i in ids]),
+        ("table", ["x"], [[i] for i in ids], set()),
+    ]
+    blocks.append(("img", "plots/none.png", ids[0]))
+    markdown = render_markdown(blocks)
+    kept, images = keep_links_inside(markdown, folder)
+    assert images == [] and kept == markdown.replace(f"![{escape(ids[0])}](plots/none.png)", "")
+    page = render_html(blocks, "t")
+    assert all(" ".join(i.split()) in html.unescape(page) for i in ids)
+    tags = set(re.findall(r"</?([a-z!]+)", page))
+    assert tags <= {"!doctype", "html", "head", "meta", "title", "style", "body", "p", "ul", "li", "table", "thead",
+                    "tbody", "tr", "th", "td", "figure", "img", "figcaption"} and page.count("<img") == 1  # fmt: skip
+
+
+def _hostile_report(root: Path, outside: Path) -> Path:
+    folder = root / "hostile"
+    (folder / "plots").mkdir(parents=True)
+    (folder / "results.csv").write_text(",".join(COLUMNS) + "\n")
+    Image.new("RGB", (8, 8)).save(folder / "plots" / "ok.png")
+    (folder / "plots" / "evil.png").symlink_to(outside)
+    (folder / "report.md").write_text(
+        "![a](../../app.py) ![b](/etc/passwd) ![c](plots/evil.png) ![d](plots/ok.png) [e](../x)\n"
+        '<img src="../../app.py"> ![f][r] \\\\![g](../../app.py)\n\n[r]: ../../app.py\n'
+    )
+    os.utime(folder / "results.csv", (0, 0))
+    return folder
+
+
+def test_report_links_never_leave_the_results_folder(tmp_path):
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    folder = _hostile_report(tmp_path / "lab", outside)
+    markdown, images = load_report(folder)
+    assert images == [(folder / "plots" / "ok.png").resolve()]
+    assert "../" not in markdown and "/etc/passwd" not in markdown and "evil" not in markdown and "<img" not in markdown
+
+
+def test_a_symlink_out_of_the_lab_root_is_not_offered_and_viewing_never_writes(lab_data, tmp_path):
+    from mmsr.lab.report import results_folders
+
+    root, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    config = RunConfig(data=lab_data, out=elsewhere, methods=["bicubic"], metrics=["psnr"], caption_kinds=["true"])
+    run_lab(config, methods=build_methods(["bicubic"], preset="tiny-random", checkpoint=None, device="cpu", steps=1))
+    (root / "inside").mkdir(parents=True)
+    (root / "escape").symlink_to(elsewhere)
+    for name in ("results.csv", "run.json"):
+        (root / "inside" / name).write_bytes((elsewhere / name).read_bytes())
+    (root / "alias").symlink_to(root / "inside")
+    assert set(results_folders(root)) == {"inside", "alias"}
+    before = sorted(p.name for p in (root / "inside").iterdir())
+    with pytest.raises(ValueError, match="lab report") as refused:
+        load_report(root / "inside")  # no report and no scratch folder: say so, write nothing
+    assert str(tmp_path) not in str(refused.value)
+    markdown, images = load_report(root / "inside", scratch=tmp_path / "scratch")  # no images/ here either
+    assert sorted(p.name for p in (root / "inside").iterdir()) == before
+    assert "missing" in markdown and all(p.is_relative_to(tmp_path / "scratch") for p in images)
+    assert_links_inside(tmp_path / "scratch")
+
+
+@pytest.mark.slow
+def test_hostile_data_names_land_escaped_and_every_report_link_stays_inside(tmp_path):
+    data = tmp_path / "![a](" / "abs" / "app.py)"
+    data.mkdir(parents=True)
+    for i, name in enumerate(["x.b.png", "x_b.png", "![i](..%2f..%2fapp.py).png", "<img src=x>$y$.png"]):
+        Image.fromarray(data_image(i)).save(data / name)
+    out = tmp_path / "results"
+    config = RunConfig(data=data, out=out, methods=["bicubic"], metrics=["psnr"], caption_kinds=["true"], seeds=[0])
+    methods = build_methods(config.methods, preset="tiny-random", checkpoint=None, device="cpu", steps=1)
+    run_lab(config, methods=methods)
+    rows = read_rows(out / "results.csv")
+    assert len({r["output"] for r in rows}) == len(rows) == 4 and all((out / r["output"]).is_file() for r in rows)
+    assert_links_inside(out)
+    markdown, images = load_report(out)
+    assert "app.py)" not in markdown.replace("app.py\\)", "") and str(tmp_path) not in markdown
+    assert all(p.is_relative_to(out.resolve()) for p in images)
+
+
+def data_image(i: int):
+    return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()][i][:128, :128]
+
+
+def test_limit_zero_small_crops_and_runs_where_nothing_succeeds_are_refused(lab_data, tmp_path, capsys):
+    base = [
+        "lab",
+        "run",
+        "--data",
+        str(lab_data),
+        "--preset",
+        "tiny-random",
+        "--methods",
+        "bicubic",
+        "--metrics",
+        "psnr",
+    ]
+    for flags in (["--limit", "0"], ["--limit", "-1"], ["--crop", "1"]):
+        assert cli_run([*base, "--out", str(tmp_path / "o"), *flags]) == 2
+        assert "must be at least" in capsys.readouterr().err
+    small = tmp_path / "small"
+    small.mkdir()
+    Image.new("RGB", (16, 16)).save(small / "tiny.png")  # too small for x4: every row fails
+    assert cli_run(["lab", "run", "--data", str(small), "--out", str(tmp_path / "s"), *base[4:]]) == 2
+    assert "no row succeeded" in capsys.readouterr().err
+
+
+def test_temperature_sweep_shares_the_upscale_grammar_and_reads_the_old_one(capsys):
+    assert parse_temperature_sweeps(["depth=0.5/1/2,seg=2"]) == {"depth": [0.5, 1.0, 2.0], "seg": [2.0]}
+    assert capsys.readouterr().err == ""
+    assert parse_temperature_sweeps(["depth=0.5,1,2;seg=2"]) == {"depth": [0.5, 1.0, 2.0], "seg": [2.0]}
+    assert (
+        capsys.readouterr().err.strip()
+        == "note: --temperature 'depth=0.5,1,2;seg=2' is deprecated; write --temperature 'depth=0.5/1/2,seg=2'"
+    )
+
+
+def test_seeded_derangement_is_fixed_and_moves_every_image():
+    ids = [f"im{i}" for i in range(7)]
+    partner = derangement(ids, seed=0)
+    assert partner == derangement(ids, seed=0) and sorted(partner.values()) == ids
+    assert all(partner[i] != i for i in ids) and partner != derangement(ids)
+
+
+def test_wrong_context_gives_mmsr_another_images_maps(tiny_pipe, lab_data):
+    from mmsr.engine import Engine
+    from mmsr.lab.methods import WRONG_CONTEXT, EngineMethod
+
+    method = EngineMethod(Engine(tiny_pipe, "tiny-random"), steps=1)
+    own, other = (prepare(n, lab_data / n, "bicubic").lr for n in ("astronaut.png", "coffee.png"))
+    setting = Setting(cfg_mode="m-cfg", guidance=4.0, subset=WRONG_CONTEXT)
+    kw = {"caption": "a photo", "seed": 0}
+    wrong = method.run(own, setting=setting, context=other, **kw).image
+    again = method.run(own, setting=setting, context=other, **kw).image
+    right = method.run(own, setting=setting, **kw).image
+    assert list(again.getdata()) == list(wrong.getdata()) and list(right.getdata()) != list(wrong.getdata())
