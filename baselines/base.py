@@ -6,35 +6,31 @@ wide and as high, the scale MMSR works at, so results can be compared pixel for 
     baseline = get_baseline("realesrgan", device="cuda", dtype=torch.float16)
     ok, reason = baseline.available()
     sr = baseline(lr, caption="a red barn in snow", seed=0, tile=256)
+    sr = baseline.run(lr, settings)  # under MMSR's UpscaleSettings: what the app, the lab and the bench call
 
 Keyword settings beyond ``caption`` and ``seed`` are the fields of the baseline's
-``settings_type`` dataclass; unknown ones raise ``ValueError``. Models load lazily on the first
-call and are reused afterwards.
+``settings_type`` dataclass; unknown ones raise ``ValueError``. The ones that are also run
+settings of MMSR (``shared``) keep MMSR's names and meanings (``guidance`` is w of eq. 4). Models
+load lazily on the first call and are reused afterwards.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 
-SCALE = 4
+from mmsr.constants import SCALE
+from mmsr.modalities.base import as_rgb
+from mmsr.settings import UpscaleSettings
 
 
 @dataclasses.dataclass
 class NoSettings:
     """Settings of a baseline that has none."""
-
-
-def check_lr(lr: Image.Image) -> Image.Image:
-    """Validate a low-resolution input and return it as RGB."""
-    if not isinstance(lr, Image.Image):
-        raise TypeError(f"the low-resolution input must be a PIL image, got {type(lr).__name__}")
-    if lr.width < 1 or lr.height < 1:
-        raise ValueError(f"the low-resolution input is empty ({lr.width}x{lr.height})")
-    return lr if lr.mode == "RGB" else lr.convert("RGB")
 
 
 class Baseline:
@@ -48,12 +44,15 @@ class Baseline:
         label: what the UI shows, e.g. ``"Real-ESRGAN x4plus"``.
         uses_caption: whether the caption changes the result.
         settings_type: dataclass whose fields are the accepted keyword settings.
+        shared: the fields of :class:`mmsr.settings.UpscaleSettings` that :meth:`run` passes on
+            (same name, same meaning; ``None`` values are left to the baseline's default).
     """
 
     name: ClassVar[str]
     label: ClassVar[str]
     uses_caption: ClassVar[bool] = False
     settings_type: ClassVar[type] = NoSettings
+    shared: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         self.device = torch.device(device)
@@ -86,9 +85,22 @@ class Baseline:
         """Super-resolve a validated RGB image; ``settings`` is a ``settings_type`` instance."""
         raise NotImplementedError
 
+    def inputs(self, settings: UpscaleSettings) -> dict[str, Any]:
+        """The keyword arguments :meth:`run` calls the baseline with: everything its output depends on."""
+        shared = {k: getattr(settings, k) for k in self.shared if getattr(settings, k) is not None}
+        return {"caption": settings.caption if self.uses_caption else "", "seed": settings.seed, **shared}
+
+    def run(
+        self, lr: Image.Image, settings: UpscaleSettings, callback: Callable[[int, int], None] | None = None
+    ) -> Image.Image:
+        """Super-resolve ``lr`` under MMSR's run settings; ``callback(step, total)`` reports progress."""
+        if callback is not None:
+            callback(0, 1)
+        return self(lr, **self.inputs(settings))
+
     def __call__(self, lr: Image.Image, *, caption: str = "", seed: int = 0, **settings: Any) -> Image.Image:
         """Super-resolve ``lr`` by ``SCALE``: returns an RGB image of ``SCALE`` x its size."""
-        lr = check_lr(lr)
+        lr = as_rgb(lr)
         sr = self.upscale(lr, caption=caption, seed=seed, settings=self.make_settings(**settings))
         expected = (lr.width * SCALE, lr.height * SCALE)
         if sr.size != expected:

@@ -12,6 +12,7 @@ once.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,20 +68,32 @@ def _pad_to_multiple(image: Image.Image, multiple: int) -> Image.Image:
     return Image.fromarray(np.pad(np.asarray(image), ((0, pad_h), (0, pad_w), (0, 0)), mode="edge"))
 
 
+# diffusers' names for the settings that MMSR calls ``guidance`` and ``steps`` (accepted, deprecated)
+DIFFUSERS_NAMES = {"guidance_scale": "guidance", "num_inference_steps": "steps"}
+
+
 @dataclasses.dataclass
 class SDUpscalerSettings:
-    """Sampling settings (diffusers' defaults); ``guidance_scale <= 1`` turns guidance off."""
+    """Sampling settings (diffusers' defaults). ``guidance`` is w of eq. (4), as everywhere in MMSR:
+    diffusers' ``guidance_scale`` is ``1 + w`` (its default 9 is w = 8); w = 0 turns guidance off."""
 
     negative_prompt: str = ""
-    guidance_scale: float = 9.0
-    num_inference_steps: int = 75
+    guidance: float = 8.0
+    steps: int = 75
     noise_level: int = 20
 
     def __post_init__(self) -> None:
-        if self.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
+        if self.guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.noise_level < 0:
             raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
+
+    @property
+    def guidance_scale(self) -> float:
+        """diffusers' ``s = 1 + w``."""
+        return 1.0 + self.guidance
 
 
 class SDUpscalerBaseline(Baseline):
@@ -98,6 +111,7 @@ class SDUpscalerBaseline(Baseline):
     label = "Stable Diffusion x4 upscaler (text only)"
     uses_caption = True
     settings_type = SDUpscalerSettings
+    shared = ("negative_prompt", "guidance", "steps")
 
     def __init__(
         self,
@@ -115,6 +129,16 @@ class SDUpscalerBaseline(Baseline):
         self.cache_dir = str(cache_dir) if cache_dir is not None else None
         self._model = pipeline
         self._resolved: tuple[str | None, str] | None = None
+
+    def make_settings(self, **settings: Any) -> SDUpscalerSettings:
+        """As :meth:`Baseline.make_settings`; diffusers' ``guidance_scale`` (s = 1 + w) and
+        ``num_inference_steps`` still work, with a ``FutureWarning``."""
+        for old, new in DIFFUSERS_NAMES.items():
+            if old in settings:
+                warnings.warn(f"{self.name}: {old} is deprecated; pass {new} (w of eq. 4)", FutureWarning, stacklevel=3)
+                value = settings.pop(old)
+                settings[new] = value - 1.0 if old == "guidance_scale" else value
+        return super().make_settings(**settings)
 
     def resolve(self) -> tuple[str | None, str]:
         """The first repository id that resolves (or ``None``) and why the others did not."""
@@ -158,7 +182,7 @@ class SDUpscalerBaseline(Baseline):
             image=_pad_to_multiple(lr, pipeline.vae_scale_factor),
             negative_prompt=settings.negative_prompt or None,
             guidance_scale=settings.guidance_scale,
-            num_inference_steps=settings.num_inference_steps,
+            num_inference_steps=settings.steps,
             noise_level=settings.noise_level,
             generator=torch.Generator("cpu").manual_seed(seed),
         ).images[0]

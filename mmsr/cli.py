@@ -88,6 +88,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print settings, modality sources and per-stage timings")
 
 
+def deprecated(old: str, new: str) -> None:
+    """The one-line note for an old spelling that still works."""
+    print(f"note: {old} is deprecated; write {new}", file=sys.stderr)
+
+
 def setting_argument(p: argparse.ArgumentParser, name: str) -> None:
     """``--name`` with the default, type, choices and help of ``SPECS[name]``; checked when the settings are built."""
     s = SPECS[name]

@@ -12,23 +12,24 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from baselines import BicubicBaseline, TextOnlyMMSRBaseline
+
 from .conditioning import MODALITIES
+from .constants import SCALE  # noqa: F401 - the app's import; the one SCALE lives in constants
 from .engine import Engine, UpscaleResult
 from .metrics import METRICS, Score, Scorer, lr_consistency, residual_heatmap
-from .pipeline import SCALE
 from .settings import UpscaleSettings
 
-# The paper's text-guided ablation, run here through the engine (same weights, progress callback);
-# same name as ``baselines.TextOnlyMMSRBaseline`` so records and reports agree.
-TEXT_ONLY = "text-only-mmsr"
-TEXT_ONLY_LABEL = "Text-only MMSR (every modality = m_0)"
+# The paper's text-guided ablation: the registered baseline, on the engine that runs MMSR.
+TEXT_ONLY = TextOnlyMMSRBaseline.name
+TEXT_ONLY_LABEL = TextOnlyMMSRBaseline.label
 RECORD_FORMAT = "mmsr-lab/run-v1"
 RECORD_FIELDS = {"preset": str, "baseline": str, "checkpoint": dict, "input": dict, "modalities": dict}
 # progress(stage, step, total); raise from it to cancel
@@ -83,10 +84,6 @@ def checkpoint_digest(hashes: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{k}\t{v}\n" for k, v in sorted(hashes.items())).encode()).hexdigest()
 
 
-def bicubic(lr: Image.Image) -> Image.Image:
-    return lr.resize((lr.width * SCALE, lr.height * SCALE), Image.Resampling.BICUBIC)
-
-
 def baseline_options(baselines: dict[str, Any]) -> dict[str, tuple[str, bool, str]]:
     """``{name: (label, available, reason)}``, text-only MMSR first (it needs nothing extra)."""
     options = {TEXT_ONLY: (TEXT_ONLY_LABEL, True, "")}
@@ -115,17 +112,6 @@ def component_status(
     return rows
 
 
-def _baseline_kwargs(baseline: Any, settings: UpscaleSettings, steps: int) -> dict[str, Any]:
-    """The MMSR settings a baseline shares. diffusers' ``guidance_scale`` s equals ``1 + w`` of eq. (4)."""
-    shared = {
-        "negative_prompt": settings.negative_prompt,
-        "guidance_scale": 1.0 + settings.guidance,
-        "num_inference_steps": steps,
-    }
-    accepted = {f.name for f in fields(baseline.settings_type)}
-    return {k: v for k, v in shared.items() if k in accepted}
-
-
 class BaselineCache:
     """LRU of baseline outputs keyed by everything that changes them."""
 
@@ -144,10 +130,16 @@ class BaselineCache:
         return image, False
 
 
+def with_text_only(engine: Engine, baselines: dict[str, Any] | None) -> dict[str, Any]:
+    """``baselines`` with text-only MMSR on ``engine`` first (it needs nothing but the engine)."""
+    others = {k: v for k, v in (baselines or {}).items() if k != TEXT_ONLY}
+    return {TEXT_ONLY: TextOnlyMMSRBaseline(engine=engine), **others}
+
+
 def check_baseline(name: str, baselines: dict[str, Any]) -> Any:
     """The baseline registered as ``name`` if it can run here, else ``ValueError`` saying why."""
     if name not in baselines:
-        raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join([TEXT_ONLY, *baselines])}")
+        raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(baselines)}")
     ok, reason = baselines[name].available()
     if not ok:
         raise ValueError(f"{baselines[name].label} is unavailable here: {reason}")
@@ -164,34 +156,28 @@ def run_baseline(
     progress: Progress | None = None,
     cache: BaselineCache | None = None,
 ) -> tuple[Image.Image, str, bool]:
-    """The baseline's 4x image, its label, and whether it came from ``cache``."""
+    """The baseline's 4x image, its label, and whether it came from ``cache``.
+
+    Every baseline, text-only MMSR included, runs through :meth:`baselines.Baseline.run` under MMSR's
+    settings, with the caption MMSR used and MMSR's number of steps.
+    """
+    baselines = with_text_only(engine, baselines)
+    baseline = check_baseline(name, baselines)
+    steps = settings.steps or engine.preset.default_steps
+    settings = replace(settings, caption=caption, auto_caption=False, steps=steps)
 
     def step(i: int, total: int) -> None:
         if progress is not None:
             progress(name, i, total)
 
-    lr_hash = pixel_sha256(lr)
-    if name == TEXT_ONLY:
-        text_settings = replace(settings, caption=caption, auto_caption=False)
-        label, key = TEXT_ONLY_LABEL, f"{name}|{lr_hash}|{sorted(text_settings.to_dict().items())}"
-
-        def run() -> Image.Image:
-            return engine.text_only(lr, text_settings, step).image
-
-    else:
-        baseline = check_baseline(name, baselines)
-        kwargs = _baseline_kwargs(baseline, settings, settings.steps or engine.preset.default_steps)
-        caption = caption if baseline.uses_caption else ""
-        label, key = baseline.label, f"{name}|{lr_hash}|{caption}|{settings.seed}|{sorted(kwargs.items())}"
-
-        def run() -> Image.Image:
-            step(0, 1)
-            return baseline(lr, caption=caption, seed=settings.seed, **kwargs)
+    def run() -> Image.Image:
+        return baseline.run(lr, settings, step)
 
     if cache is None:
-        return run(), label, False
+        return run(), baseline.label, False
+    key = f"{name}|{pixel_sha256(lr)}|{sorted(baseline.inputs(settings).items())}"
     image, hit = cache.get_or_run(key, run)
-    return image, label, hit
+    return image, baseline.label, hit
 
 
 def _score(scorer: Scorer | None, sr: Image.Image, lr: Image.Image, hr: Image.Image | None) -> dict[str, Score]:
@@ -215,9 +201,7 @@ def compare(
 
     The baseline gets the caption MMSR used (the captioner's when ``settings.caption`` is empty).
     """
-    baselines = baselines or {}
-    if baseline != TEXT_ONLY:
-        check_baseline(baseline, baselines)  # fail before the diffusion, not after
+    check_baseline(baseline, with_text_only(engine, baselines))  # fail before the diffusion, not after
 
     def mmsr_step(i: int, total: int) -> None:
         if progress is not None:
@@ -228,7 +212,7 @@ def compare(
     start = time.perf_counter()
     image, label, hit = run_baseline(engine, baseline, baselines, lr, settings, mmsr.caption, progress, cache)
     timings["baseline" + (" (cached)" if hit else "")] = time.perf_counter() - start
-    out = Comparison(mmsr, image, baseline, label, bicubic(lr), timings=timings, warnings=list(mmsr.warnings))
+    out = Comparison(mmsr, image, baseline, label, BicubicBaseline()(lr), timings=timings, warnings=list(mmsr.warnings))
     if progress is not None:
         progress("scores", 0, 1)
     start = time.perf_counter()

@@ -22,6 +22,7 @@ from baselines.realesrgan import (
 from baselines.rrdbnet import RRDBNet
 from baselines.sd_upscaler import SDUpscalerBaseline
 from mmsr.metrics import psnr
+from mmsr.settings import UpscaleSettings
 
 # Real-ESRGAN x4plus through the package's own ncnn runtime (CPU, gpuid=-1) on the 64x64
 # astronaut below: pixels out[0, :3], out[128, 128:131], out[-1, -3:], RGB.
@@ -226,13 +227,32 @@ def test_sd_upscaler_tiny_pipeline_is_4x_and_deterministic() -> None:
     baseline = get_baseline("sd-x4-upscaler", pipeline=tiny_upscale_pipeline())
     assert baseline.available() == (True, "")
     lr = random_image(10, 13)  # not a multiple of the VAE factor: padded, then cropped
-    settings = {"num_inference_steps": 2, "guidance_scale": 7.5, "noise_level": 30}
+    settings = {"steps": 2, "guidance": 6.5, "noise_level": 30}
     first = baseline(lr, caption="a red barn", seed=1, negative_prompt="blurry", **settings)
     again = baseline(lr, caption="a red barn", seed=1, negative_prompt="blurry", **settings)
     other = baseline(lr, caption="a red barn", seed=2, negative_prompt="blurry", **settings)
     assert first.size == (40, 52) and first.mode == "RGB"
     assert np.array_equal(np.asarray(first), np.asarray(again))
     assert not np.array_equal(np.asarray(first), np.asarray(other))
+    legacy = {"num_inference_steps": 2, "noise_level": 30}
+    with pytest.warns(FutureWarning, match="guidance_scale is deprecated"):  # diffusers' s = 1 + w
+        old = baseline(lr, caption="a red barn", seed=1, negative_prompt="blurry", guidance_scale=7.5, **legacy)
+    assert np.array_equal(np.asarray(first), np.asarray(old))
+
+
+def test_sd_upscaler_guidance_is_w_and_converts_inside() -> None:
+    calls = []
+
+    class Pipe:
+        vae_scale_factor = 4
+
+        def __call__(self, **kw):
+            calls.append(kw)
+            return type("Out", (), {"images": [Image.new("RGB", (kw["image"].width * 4, kw["image"].height * 4))]})
+
+    baseline = get_baseline("sd-x4-upscaler", pipeline=Pipe())
+    baseline.run(random_image(8, 8), UpscaleSettings(caption="a barn", guidance=4.0, steps=3))
+    assert calls[0]["guidance_scale"] == 5.0 and calls[0]["num_inference_steps"] == 3 and calls[0]["prompt"] == "a barn"
 
 
 def test_sd_upscaler_offline_unavailable_fast(monkeypatch, tmp_path) -> None:

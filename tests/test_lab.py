@@ -44,7 +44,7 @@ class Stub(Method):
     def __init__(self, name, axes=frozenset(), uses_caption=False):
         self.name, self.label, self.axes, self.uses_caption = name, name, frozenset(axes), uses_caption
 
-    def run(self, lr, *, caption, seed, setting):
+    def run(self, lr, *, caption, seed, setting, context=None):
         return MethodOutput(lr.resize((lr.width * 4, lr.height * 4)))
 
 
@@ -82,7 +82,7 @@ def test_sweep_parsing_and_validation(tmp_path):
         "seg": [0.4],
     }
     assert parse_temperature_sweeps(["all=2"]) == {"depth": [2.0], "seg": [2.0], "edges": [2.0]}
-    with pytest.raises(ValueError, match="depth=0.5"):
+    with pytest.raises(ValueError, match="unknown modality 'colour'"):
         parse_temperature_sweeps(["colour=2"])
     with pytest.raises(ValueError, match="subset"):
         RunConfig(data=tmp_path, out=tmp_path, subsets=["-colour"]).validate()
@@ -387,6 +387,37 @@ def test_limit_zero_small_crops_and_runs_where_nothing_succeeds_are_refused(lab_
     Image.new("RGB", (16, 16)).save(small / "tiny.png")  # too small for x4: every row fails
     assert cli_run(["lab", "run", "--data", str(small), "--out", str(tmp_path / "s"), *base[4:]]) == 2
     assert "no row succeeded" in capsys.readouterr().err
+
+
+def test_temperature_sweep_shares_the_upscale_grammar_and_reads_the_old_one(capsys):
+    assert parse_temperature_sweeps(["depth=0.5/1/2,seg=2"]) == {"depth": [0.5, 1.0, 2.0], "seg": [2.0]}
+    assert capsys.readouterr().err == ""
+    assert parse_temperature_sweeps(["depth=0.5,1,2;seg=2"]) == {"depth": [0.5, 1.0, 2.0], "seg": [2.0]}
+    assert (
+        capsys.readouterr().err.strip()
+        == "note: --temperature 'depth=0.5,1,2;seg=2' is deprecated; write --temperature 'depth=0.5/1/2,seg=2'"
+    )
+
+
+def test_seeded_derangement_is_fixed_and_moves_every_image():
+    ids = [f"im{i}" for i in range(7)]
+    partner = derangement(ids, seed=0)
+    assert partner == derangement(ids, seed=0) and sorted(partner.values()) == ids
+    assert all(partner[i] != i for i in ids) and partner != derangement(ids)
+
+
+def test_wrong_context_gives_mmsr_another_images_maps(tiny_pipe, lab_data):
+    from mmsr.engine import Engine
+    from mmsr.lab.methods import WRONG_CONTEXT, EngineMethod
+
+    method = EngineMethod(Engine(tiny_pipe, "tiny-random"), steps=1)
+    own, other = (prepare(n, lab_data / n, "bicubic").lr for n in ("astronaut.png", "coffee.png"))
+    setting = Setting(cfg_mode="m-cfg", guidance=4.0, subset=WRONG_CONTEXT)
+    kw = {"caption": "a photo", "seed": 0}
+    wrong = method.run(own, setting=setting, context=other, **kw).image
+    again = method.run(own, setting=setting, context=other, **kw).image
+    right = method.run(own, setting=setting, **kw).image
+    assert list(again.getdata()) == list(wrong.getdata()) and list(right.getdata()) != list(wrong.getdata())
 
 
 def test_temperature_sweep_shares_the_upscale_grammar_and_reads_the_old_one(capsys):

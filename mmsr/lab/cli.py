@@ -5,7 +5,7 @@ Example::
     python -m mmsr lab run --data ../shared/data/eval/set5 --captions ../shared/data/captions.json \\
         --out runs/set5 --methods mmsr,text-only,bicubic,realesrgan --preset lite \\
         --guidance 1,4,7 --cfg-modes m-cfg,m0-cfg,cfg --subsets all,-depth,-seg,-edges,text-only \\
-        --temperature depth=0.5,1,2 --seeds 0,1,2
+        --temperature depth=0.5/1/2 --seeds 0,1,2
     accelerate launch --num_processes 4 -m mmsr lab run ...   # the same, split over 4 GPUs
     python -m mmsr lab report --results runs/set5
 
@@ -20,9 +20,9 @@ import argparse
 from pathlib import Path
 
 from ..cli import device_arg
-from ..conditioning import MODALITIES
 from ..guidance import CFG_MODES
 from ..presets import PRESETS
+from ..settings import SPECS, parse_temperature_sweep
 from .data import LR_MODES
 
 
@@ -38,20 +38,35 @@ def parse_list(text: str, kind=str, what: str = "value") -> list:
 
 
 def parse_temperature_sweeps(specs: list[str]) -> dict[str, list[float]]:
-    """``["depth=0.5,1,2", "edges=0.5,2"]`` (or ``"depth=0.5,1;seg=2"``, ``"all=..."``) -> taus per modality."""
+    """``["depth=0.5/1/2,seg=2", "all=0.5"]`` -> taus per modality, in the grammar of ``upscale --temperature``
+    (``name=value`` pairs, commas between modalities) with ``/`` between the values of a sweep.
+
+    The old spelling ``depth=0.5,1,2;seg=2`` (commas between values) is read with a deprecation note.
+    """
+    from ..cli import deprecated
+
     out: dict[str, list[float]] = {}
     for spec in specs:
-        for part in filter(None, (p.strip() for p in spec.split(";"))):
-            name, sep, values = part.partition("=")
-            name = name.strip()
-            if not sep or (name not in MODALITIES and name != "all"):
-                raise ValueError(
-                    f"--temperature {part!r} must look like depth=0.5,1,2 (modalities: {', '.join(MODALITIES)}, all)"
-                )
-            taus = parse_list(values, float, "temperature")
-            for m in MODALITIES if name == "all" else [name]:
-                out[m] = list(dict.fromkeys([*out.get(m, []), *taus]))
+        new = _legacy_temperature(spec)
+        if new is not None:
+            deprecated(f"--temperature {spec!r}", f"--temperature {new!r}")
+        for m, taus in parse_temperature_sweep(new or spec).items():
+            out[m] = list(dict.fromkeys([*out.get(m, []), *taus]))
     return out
+
+
+def _legacy_temperature(spec: str) -> str | None:
+    """``depth=0.5,1,2;seg=2`` -> ``depth=0.5/1/2,seg=2``; ``None`` when ``spec`` is not the old spelling."""
+    groups = [[p.strip() for p in g.split(",") if p.strip()] for g in spec.split(";")]
+    if ";" not in spec and all("=" in p for g in groups for p in g):
+        return None
+    out = []
+    for part in (p for g in groups for p in g):
+        if "=" in part or not out:
+            out.append(part)
+        else:
+            out[-1] += f"/{part}"
+    return ",".join(out)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,9 +119,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=device_arg,
         help="cpu, cuda ... (default: each process's own accelerator; leave unset under multi-GPU accelerate launch)",
     )
-    run.add_argument("--steps", type=int, help="denoising steps of MMSR (default: the preset's)")
-    run.add_argument("--guidance", default="4", help="guidance weights w, e.g. 1,4,7")
-    run.add_argument("--cfg-modes", default="m-cfg", help=f"comma list of {', '.join(CFG_MODES)}")
+    run.add_argument("--steps", type=int, help=f"MMSR's {SPECS['steps'].describe()}")
+    run.add_argument(
+        "--guidance", default=f"{SPECS['guidance'].default:g}", help=f"{SPECS['guidance'].describe()}, e.g. 1,4,7"
+    )
+    run.add_argument("--cfg-modes", default=SPECS["cfg_mode"].default, help=f"comma list of {', '.join(CFG_MODES)}")
     run.add_argument(
         "--subsets",
         default="all",
@@ -116,7 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--temperature",
         action="append",
         default=[],
-        help="tau sweep of one modality, e.g. depth=0.5,1,2 (repeatable)",
+        help=f"{SPECS['temperatures'].describe()} sweep, one modality at a time, e.g. depth=0.5/1/2,seg=2 (repeatable)",
     )
     run.add_argument(
         "--seeds",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,11 +95,21 @@ def _lookup(table: dict, image_id: str):
     return None
 
 
-def derangement(ids: list[str]) -> dict[str, str]:
-    """Each id -> another id whose caption it borrows: a cyclic shift, deterministic, no fixed point."""
+def derangement(ids: list[str], seed: int | None = None) -> dict[str, str]:
+    """Each id -> another id whose caption (or maps) it borrows; deterministic, no fixed point.
+
+    ``seed=None``: the cyclic shift (the caption swap); else a seeded shuffle into one cycle
+    (Sattolo's algorithm), so an image's partner is not just its neighbour in sorted order.
+    """
     if len(ids) < 2:
         return {}
-    return {a: ids[(i + 1) % len(ids)] for i, a in enumerate(ids)}
+    if seed is None:
+        return {a: ids[(i + 1) % len(ids)] for i, a in enumerate(ids)}
+    order, rng = list(ids), random.Random(seed)
+    for i in range(len(order) - 1, 0, -1):
+        j = rng.randrange(i)  # j < i: the permutation stays one cycle
+        order[i], order[j] = order[j], order[i]
+    return {a: order[(i + 1) % len(order)] for i, a in enumerate(order)}
 
 
 def lr_seed(image_id: str, seed: int) -> int:

@@ -13,23 +13,29 @@ from pathlib import Path
 
 from PIL import Image
 
+from baselines.mmsr_text_only import TextOnlyMMSRBaseline
+
 from ..conditioning import MODALITIES
 from ..presets import CHECKPOINTS
-from ..settings import UpscaleSettings
+from ..settings import SPECS, UpscaleSettings
 
-TEXT_ONLY = "text-only"
-TEXT_ONLY_BASELINE = "text-only-mmsr"
+TEXT_ONLY = "text-only"  # the lab's column name of the registered baseline TextOnlyMMSRBaseline
+TEXT_ONLY_BASELINE = TextOnlyMMSRBaseline.name
 TWIN = "lite-text-only"
 TWIN_CHECKPOINT = CHECKPOINTS / TWIN
 # axes of the sweep a method can consume (``caption`` = the caption kind: true, swap, empty)
 MMSR_AXES = frozenset({"cfg_mode", "guidance", "subset", "temperatures", "caption"})
 TEXT_AXES = frozenset({"cfg_mode", "guidance", "caption"})
+SETTING_AXES = ("cfg_mode", "guidance")  # the sweep axes that are also run settings a baseline may share
+WRONG_CONTEXT = "wrong-context"
+# subset -> (modalities switched to m_0, caption dropped); ``wrong-context``: every map is another image's
 SUBSETS = {
     "all": (frozenset(), False),
     "text-only": (frozenset(MODALITIES), False),
     "none": (frozenset(MODALITIES), True),
     "-text": (frozenset(), True),
     **{f"-{m}": (frozenset({m}), False) for m in MODALITIES},
+    WRONG_CONTEXT: (frozenset(), False),
 }
 
 
@@ -58,7 +64,21 @@ class Setting:
         return replace(self, **{f.name: getattr(blank, f.name) for f in fields(self) if f.name not in axes})
 
     def tau(self, modality: str) -> float:
-        return dict(self.temperatures).get(modality, 1.0)
+        return dict(self.temperatures).get(modality, SPECS["temperatures"].default)
+
+    def settings(self, *, caption: str, seed: int, steps: int | None) -> UpscaleSettings:
+        """The run settings of this point (blank fields: the defaults of :data:`mmsr.settings.SPECS`)."""
+        off, drop_text = SUBSETS[self.subset or "all"]
+        return UpscaleSettings(
+            caption="" if drop_text else caption,
+            cfg_mode=self.cfg_mode or SPECS["cfg_mode"].default,
+            guidance=SPECS["guidance"].default if self.guidance is None else self.guidance,
+            steps=steps,
+            seed=seed,
+            modalities={m: m not in off for m in MODALITIES},
+            temperatures={m: self.tau(m) for m in MODALITIES},
+            auto_caption=False,  # the lab resolves captions itself, the same for every method
+        )
 
     def slug(self) -> str:
         """A short file-name-safe name, e.g. ``m-cfg_w4_all_depth0.5_cap-swap``."""
@@ -94,7 +114,10 @@ class Method:
         """Load weights now, so the first row's timing is not the loading; returns why it failed."""
         return ""
 
-    def run(self, lr: Image.Image, *, caption: str, seed: int, setting: Setting) -> MethodOutput:
+    def run(
+        self, lr: Image.Image, *, caption: str, seed: int, setting: Setting, context: Image.Image | None = None
+    ) -> MethodOutput:
+        """``context``: another image whose maps replace ``lr``'s (the wrong-context ablation)."""
         raise NotImplementedError
 
 
@@ -114,20 +137,19 @@ class EngineMethod(Method):
     ):
         self.engine, self.name, self.label, self.steps = engine, name, label, steps
 
-    def run(self, lr: Image.Image, *, caption: str, seed: int, setting: Setting) -> MethodOutput:
-        off, drop_text = SUBSETS[setting.subset or "all"]
-        settings = UpscaleSettings(
-            caption="" if drop_text else caption,
-            cfg_mode=setting.cfg_mode or "m-cfg",
-            guidance=4.0 if setting.guidance is None else setting.guidance,
-            steps=self.steps,
-            seed=seed,
-            modalities={m: m not in off for m in MODALITIES},
-            temperatures={m: setting.tau(m) for m in MODALITIES},
-            auto_caption=False,  # the lab resolves captions itself, the same for every method
-        )
-        result = self.engine.upscale(lr, settings)
+    def run(
+        self, lr: Image.Image, *, caption: str, seed: int, setting: Setting, context: Image.Image | None = None
+    ) -> MethodOutput:
+        settings = setting.settings(caption=caption, seed=seed, steps=self.steps)
+        maps = None if context is None else self.context_maps(context, lr, settings)
+        result = self.engine.upscale(lr, settings, user_maps=maps)
         return MethodOutput(result.image, dict(result.timings), list(result.warnings))
+
+    def context_maps(self, context: Image.Image, lr: Image.Image, settings: UpscaleSettings) -> dict:
+        """The maps the extractors make of ``context`` at ``lr``'s size (so they fit ``lr`` as user maps)."""
+        context = context.convert("RGB").resize(lr.size, Image.Resampling.BICUBIC)
+        results = self.engine.extract(context, settings.modalities, flat_guard=settings.flat_guard)
+        return {k: r.map.resize(lr.size, Image.Resampling.NEAREST) for k, r in results.items() if r.available}
 
 
 class BaselineMethod(Method):
@@ -139,9 +161,8 @@ class BaselineMethod(Method):
         self.label = baseline.label
         self.uses_caption = baseline.uses_caption
         self.steps = steps
-        self.axes = (
-            TEXT_AXES if baseline.name == TEXT_ONLY_BASELINE else frozenset({"caption"} if self.uses_caption else ())
-        )
+        shared = [a for a in SETTING_AXES if a in baseline.shared]
+        self.axes = frozenset([*shared, *(["caption"] if self.uses_caption else [])])
 
     def available(self) -> tuple[bool, str]:
         return self.baseline.available()
@@ -153,17 +174,11 @@ class BaselineMethod(Method):
             return f"could not load: {type(e).__name__}: {e}"
         return ""
 
-    def run(self, lr: Image.Image, *, caption: str, seed: int, setting: Setting) -> MethodOutput:
-        options = {}
-        if self.baseline.name == TEXT_ONLY_BASELINE:
-            options = {
-                "cfg_mode": setting.cfg_mode or "m-cfg",
-                "guidance": setting.guidance,
-                "steps": self.steps,
-            }
-            options = {k: v for k, v in options.items() if v is not None} | {"auto_caption": False}
+    def run(
+        self, lr: Image.Image, *, caption: str, seed: int, setting: Setting, context: Image.Image | None = None
+    ) -> MethodOutput:
         start = time.perf_counter()
-        image = self.baseline(lr, caption=caption, seed=seed, **options)
+        image = self.baseline.run(lr, setting.settings(caption=caption, seed=seed, steps=self.steps))
         return MethodOutput(image, {"method": time.perf_counter() - start})
 
 
@@ -179,7 +194,7 @@ def method_names(requested: list[str]) -> list[str]:
     ]
     out: list[str] = []
     for name in requested:
-        name = TEXT_ONLY if name == TEXT_ONLY_BASELINE else name
+        name = TEXT_ONLY if name == TEXT_ONLY_BASELINE else name  # the registered name is an alias here
         expanded = known if name == "all" else [name]
         for n in expanded:
             if n not in known:

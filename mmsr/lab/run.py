@@ -1,7 +1,7 @@
 """``lab run``: plan a sweep, run it (resumable, split over processes), one CSV row per output.
 
-The plan is the union of the paper's studies around one base setting (``m-cfg``, guidance 4 and
-tau = 1 unless the sweep leaves them out):
+The plan is the union of the paper's studies around one base setting (the default cfg mode and
+guidance of ``UpscaleSettings`` and tau = 1 unless the sweep leaves them out):
 
 * compare (Table 1): every method at the base setting;
 * cfg (Fig. 10, Table 3): MMSR over guidance x cfg mode;
@@ -32,9 +32,9 @@ from ..conditioning import MODALITIES
 from ..constants import SCALE
 from ..guidance import check_cfg_mode
 from ..imageio import save_atomic
-from ..settings import UpscaleSettings
+from ..settings import SPECS, UpscaleSettings
 from .data import derangement, find_images, load_captions, prepare
-from .methods import Method, Setting, check_subset
+from .methods import WRONG_CONTEXT, Method, Setting, check_subset
 from .results import RESULTS, ShardWriter, done_ids, merge, shard_path
 
 RUN_FILE = "run.json"
@@ -42,6 +42,7 @@ MIN_CROP = 8  # LR pixels: the model's smallest input side
 MAX_NAME = 120  # characters of an image's folder name (file systems allow 255 bytes)
 _UNSAFE = re.compile(r"[^\w.-]")  # kept in folder names: letters and digits of any script, _ . -
 CAPTION_KINDS = ("true", "swap", "empty")
+CONTEXT_SEED = 0  # of the derangement that gives each image another's maps (subset wrong-context)
 AUTO = "<auto>"
 
 
@@ -55,8 +56,8 @@ class RunConfig:
     lr: str = "bicubic"
     captions: Path | None = None
     auto_caption: bool = False
-    guidance: list[float] = field(default_factory=lambda: [4.0])
-    cfg_modes: list[str] = field(default_factory=lambda: ["m-cfg"])
+    guidance: list[float] = field(default_factory=lambda: [SPECS["guidance"].default])
+    cfg_modes: list[str] = field(default_factory=lambda: [SPECS["cfg_mode"].default])
     subsets: list[str] = field(default_factory=lambda: ["all"])
     temperatures: dict[str, list[float]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -101,9 +102,10 @@ class RunConfig:
         return self
 
     def base(self) -> Setting:
-        """The setting every study varies around: m-cfg and w = 4 when swept, else the first value."""
-        cfg = "m-cfg" if "m-cfg" in self.cfg_modes else self.cfg_modes[0]
-        guidance = 4.0 if 4.0 in self.guidance else self.guidance[0]
+        """The setting every study varies around: the default cfg mode and w when swept, else the first value."""
+        default = UpscaleSettings()
+        cfg = default.cfg_mode if default.cfg_mode in self.cfg_modes else self.cfg_modes[0]
+        guidance = default.guidance if default.guidance in self.guidance else self.guidance[0]
         return Setting(cfg_mode=cfg, guidance=float(guidance), subset="all", caption="true")
 
     def invariants(self) -> dict:
@@ -300,6 +302,16 @@ class JobRunner:
         result = self.methods.engine.caption(self.inputs(key.split(":", 1)[1]).lr)
         return result.text or "", [] if result.available else [f"no caption: {result.reason}"]
 
+    def context(self, job: Job):
+        """For the wrong-context ablation, the LR whose maps replace this image's: another image of the
+        set, by a derangement with a fixed seed (the same in every process and rerun); else ``None``."""
+        if job.setting.subset != WRONG_CONTEXT:
+            return None
+        partner = derangement(sorted(self.paths), seed=CONTEXT_SEED).get(job.image)
+        if partner is None:
+            raise ValueError("the wrong-context ablation needs at least two images")
+        return self.inputs(partner).lr
+
     def run(self, job: Job) -> dict:
         method = self.methods.methods[job.method]
         row = self._describe(job, method)
@@ -308,7 +320,8 @@ class JobRunner:
             caption, notes = self.caption(job.caption_key)
             row["caption"] = caption
             start = time.perf_counter()
-            out = method.run(item.lr, caption=caption, seed=job.seed, setting=job.setting)
+            context = self.context(job)
+            out = method.run(item.lr, caption=caption, seed=job.seed, setting=job.setting, context=context)
             row["seconds_method"] = time.perf_counter() - start
             save_atomic(out.image, self.config.out / row["output"], overwrite=True)
             start = time.perf_counter()

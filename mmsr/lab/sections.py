@@ -17,7 +17,7 @@ from PIL import Image
 from ..conditioning import MODALITIES
 from ..metrics import METRICS
 from . import hallucination, plots
-from .methods import SUBSETS, Setting
+from .methods import SUBSETS, WRONG_CONTEXT, Setting
 from .render import escape
 from .results import number, row_file
 from .stats import Estimate, bootstrap, paired_difference, per_image
@@ -77,6 +77,10 @@ class Context:
         g = number(row, "guidance")
         return row["cfg_mode"] in ("", self.base.cfg_mode) and (g is None or g == self.base.guidance)
 
+    def is_base_but_subset(self, row: dict) -> bool:
+        """At the base guidance with tau = 1: the rows the subset studies compare."""
+        return self.at_base_guidance(row) and self.taus_are_one(row)
+
     def is_base(self, row: dict) -> bool:
         """The row is its method's projection of the base setting (Table 1's column)."""
         return (
@@ -133,6 +137,7 @@ def sections(ctx: Context) -> list:
         *method_table(ctx),
         *tradeoff(ctx),
         *ablation(ctx),
+        *wrong_context(ctx),
         *temperature(ctx),
         *caption_swap(ctx),
         *seed_variance(ctx),
@@ -267,6 +272,34 @@ def ablation(ctx: Context) -> list:
             "Modality ablation, 95% intervals",
         ),
         _table(subsets, by_metric, "subset"),
+    ]
+
+
+def wrong_context(ctx: Context) -> list:
+    """MMSR given another image's maps (a fixed derangement) against its own maps, at the base setting."""
+    rows = [r for r in ctx.ok if r["method"] == MMSR and r["caption_kind"] == "true" and ctx.is_base_but_subset(r)]
+    kinds = {"own maps": "all", "wrong maps": WRONG_CONTEXT}
+    table = []
+    for name in ctx.metrics:
+        by = per_image(rows, lambda r, n=name: number(r, n), lambda r: r["subset"])
+        own, wrong = by.get("all"), by.get(WRONG_CONTEXT)
+        if not own or not wrong:
+            continue
+        diff = ctx.difference(wrong, own)
+        verdict = "the interval excludes 0" if diff.excludes_zero else "not separable on these images"
+        cells = [ctx.estimate(by[s]).text() for s in kinds.values()]
+        table.append([_header(name), *cells, diff.text(), verdict])
+    if not table:
+        return []
+    return [
+        ("h", 2, "Wrong context: another image's maps"),
+        (
+            "p",
+            "MMSR with every map taken from another image of the set (a derangement with a fixed seed) against "
+            "the same model with its own maps, same caption and seed. Values are means with 95% bootstrap "
+            "intervals over images; the difference is paired per image (wrong - own).",
+        ),
+        ("table", ["metric", *kinds, "difference", "verdict"], table, set()),
     ]
 
 
