@@ -418,34 +418,3 @@ def test_wrong_context_gives_mmsr_another_images_maps(tiny_pipe, lab_data):
     again = method.run(own, setting=setting, context=other, **kw).image
     right = method.run(own, setting=setting, **kw).image
     assert list(again.getdata()) == list(wrong.getdata()) and list(right.getdata()) != list(wrong.getdata())
-
-
-def test_temperature_sweep_shares_the_upscale_grammar_and_reads_the_old_one(capsys):
-    assert parse_temperature_sweeps(["depth=0.5/1/2,seg=2"]) == {"depth": [0.5, 1.0, 2.0], "seg": [2.0]}
-    assert capsys.readouterr().err == ""
-    assert parse_temperature_sweeps(["depth=0.5,1,2;seg=2"]) == {"depth": [0.5, 1.0, 2.0], "seg": [2.0]}
-    assert (
-        capsys.readouterr().err.strip()
-        == "note: --temperature 'depth=0.5,1,2;seg=2' is deprecated; write --temperature 'depth=0.5/1/2,seg=2'"
-    )
-
-
-def test_seeded_derangement_is_fixed_and_moves_every_image():
-    ids = [f"im{i}" for i in range(7)]
-    partner = derangement(ids, seed=0)
-    assert partner == derangement(ids, seed=0) and sorted(partner.values()) == ids
-    assert all(partner[i] != i for i in ids) and partner != derangement(ids)
-
-
-def test_wrong_context_gives_mmsr_another_images_maps(tiny_pipe, lab_data):
-    from mmsr.engine import Engine
-    from mmsr.lab.methods import WRONG_CONTEXT, EngineMethod
-
-    method = EngineMethod(Engine(tiny_pipe, "tiny-random"), steps=1)
-    own, other = (prepare(n, lab_data / n, "bicubic").lr for n in ("astronaut.png", "coffee.png"))
-    setting = Setting(cfg_mode="m-cfg", guidance=4.0, subset=WRONG_CONTEXT)
-    kw = {"caption": "a photo", "seed": 0}
-    wrong = method.run(own, setting=setting, context=other, **kw).image
-    again = method.run(own, setting=setting, context=other, **kw).image
-    right = method.run(own, setting=setting, **kw).image
-    assert list(again.getdata()) == list(wrong.getdata()) and list(right.getdata()) != list(wrong.getdata())
