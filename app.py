@@ -43,7 +43,7 @@ INTRO = """
 x4 super-resolution guided by a caption and depth, segmentation and edge maps (Mei et al., CVPR 2025).
 Upload a small image or pick an example below, edit the caption, press **Run**, and drag the slider.
 """
-PROGRESS = gr.Progress(track_tqdm=True)  # gradio fills in the event's tracker
+PROGRESS = gr.Progress(track_tqdm=True)
 CSS = """
 .card {border: 1px solid var(--border-color-primary); border-radius: var(--radius-lg); padding: 6px}
 .small {font-size: 0.9em}
@@ -103,8 +103,8 @@ def _update(name: str, value):
 def wire(ui: dict, fn, inputs: tuple[str, ...], outputs: tuple[str, ...], *, session=False, progress=False):
     """``fn(**{field: value})`` -> ``{field: value}`` as a gradio handler over the components ``ui``.
 
-    The handler's signature names the fields (the API's parameter names); ``DemoError`` becomes one
-    ``gr.Error``. With ``session`` or ``progress``, ``fn`` also gets the session id or a progress callback.
+    Its signature names the fields (the API's parameter names); ``DemoError`` becomes one ``gr.Error``;
+    with ``session`` or ``progress``, ``fn`` also gets the session id or a progress callback.
     """
 
     def handler(*values, request: gr.Request | None = None, bar=PROGRESS):
@@ -117,15 +117,15 @@ def wire(ui: dict, fn, inputs: tuple[str, ...], outputs: tuple[str, ...], *, ses
             out = fn(**kwargs) or {}
         except DemoError as e:
             raise gr.Error(str(e)) from e
-        unknown = set(out) - set(outputs)
-        assert not unknown, f"{fn.__name__} returned fields it is not wired to: {sorted(unknown)}"
+        assert set(out) <= set(outputs), f"{fn.__name__} returned fields it is not wired to: {set(out) - set(outputs)}"
         if not out:  # an empty dict would be read as one output's value
             return gr.skip() if len(outputs) == 1 else tuple(gr.skip() for _ in outputs) or None
         return {ui[name]: _update(name, value) for name, value in out.items()}
 
     params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in inputs]
-    params += [inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=gr.Request)]
-    params += [inspect.Parameter("bar", inspect.Parameter.KEYWORD_ONLY, default=PROGRESS)]
+    keyword = inspect.Parameter.KEYWORD_ONLY  # gradio fills these in: the request and the progress bar
+    params += [inspect.Parameter("request", keyword, default=None, annotation=gr.Request)]
+    params += [inspect.Parameter("bar", keyword, default=PROGRESS)]
     handler.__signature__ = inspect.Signature(params)
     handler.__name__ = fn.__name__
     return dict(fn=handler, inputs=[ui[n] for n in inputs], outputs=[ui[n] for n in outputs])
@@ -384,9 +384,7 @@ def main() -> None:
     engine, checkpoint, notice = load_engine()
     device = engine.pipeline.device
     scorer = Scorer(device=device)
-    order = [n for n in BASELINE_ORDER if n in BASELINES] + [
-        n for n in BASELINES if n not in (*BASELINE_ORDER, TEXT_ONLY)
-    ]
+    order = [n for n in dict.fromkeys([*(n for n in BASELINE_ORDER if n in BASELINES), *BASELINES]) if n != TEXT_ONLY]
     baselines = {name: get_baseline(name, device=device, dtype=engine.pipeline.dtype) for name in order}
     max_side = int(os.environ.get("MMSR_MAX_SIDE") or (MAX_LR_SIDE if device.type == "cuda" else 256))
     demo = build_demo(engine, scorer, baselines, checkpoint=checkpoint, notice=notice, max_side=max_side)

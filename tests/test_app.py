@@ -391,6 +391,13 @@ def test_python_app_py_starts_offline_and_serves(tmp_path):
 # -- the API through gradio_client, against the app served on 127.0.0.1 -----------------------------
 
 
+def file_path(value) -> str:
+    """A file output as gradio_client returns it: a path, a file dict, or an update holding one."""
+    while isinstance(value, dict):
+        value = value.get("value", value.get("path"))
+    return value
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -434,7 +441,7 @@ def test_client_calls_the_run_endpoint(served, lr_path):
     scores = {row[0]: row for row in table["data"]}
     assert table["headers"] == ["metric", "better", "MMSR", "bicubic"]
     assert float(scores["LR-consistency (dB)"][2]) > 0
-    record = json.loads(Path(out[app.RUN_OUTPUTS.index("dl_json")]).read_text())
+    record = json.loads(Path(file_path(out[app.RUN_OUTPUTS.index("dl_json")])).read_text())
     assert record["settings"]["caption"] == CAPTION
 
 

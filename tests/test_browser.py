@@ -284,4 +284,5 @@ def test_the_example_lab_report_renders_with_its_plots(url, browser):
     )
     assert loaded and all(loaded)
     assert "MMSR Lab report" in page_text(browser)
+    browser.js("document.querySelector('#lab-report').scrollIntoView()")
     browser.screenshot(ARTIFACTS / "lab.png")

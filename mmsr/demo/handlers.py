@@ -67,7 +67,7 @@ def _settings(controls: dict) -> UpscaleSettings:
     unknown = set(controls) - set(names) - {f"{m}_{p}" for m in MODALITIES for p in ("on", "tau")}
     if unknown:
         raise TypeError(f"unknown controls {sorted(unknown)}")
-    kwargs = {names[k]: v for k, v in controls.items() if k in names and v is not None}
+    kwargs = {names[k]: v for k, v in controls.items() if k in names}
     defaults = UpscaleSettings()
     kwargs["modalities"] = {m: bool(controls.get(f"{m}_on", defaults.modalities[m])) for m in MODALITIES}
     kwargs["temperatures"] = {m: controls.get(f"{m}_tau", defaults.temperatures[m]) for m in MODALITIES}
@@ -252,7 +252,8 @@ class Demo:
         current = {"image": mmsr.image, "settings": text.flat_settings(mmsr.settings, result.baseline_name,
                                                                       pixel_sha256(mmsr.lr))}  # fmt: skip
         heat, changed = self._changes(previous, current)
-        notes = [n for n in result.warnings if not n.startswith(tuple(f"{k}: using m_0" for k in MODALITIES))]
+        shown = tuple(f"{k}: using m_0" for k in MODALITIES)  # the cards say it
+        notes = [n for n in dict.fromkeys([*mmsr.settings.notes, *result.warnings]) if not n.startswith(shown)]
         if result.baseline_name == TEXT_ONLY and not any(r.available for r in mmsr.modalities.values()):
             notes.insert(0, text.SAME_AS_TEXT_ONLY)
         return {
