@@ -64,23 +64,36 @@ def test_connector_cross_attention_cost_is_linear_in_sequence_length():
     assert 1.9 < ratio < 2.1  # doubles, does not quadruple
 
 
-def attention_mass(conn, seq, groups, taus):
-    """Mean attention probability the latents put on group 0 in the cross-attention."""
-    attn = conn.cross_attn
-    x, ctx = attn.norm(conn.latents[None]), attn.norm_context(seq)
-    q = attn.to_q(x)
-    k, _ = attn.to_kv(ctx).chunk(2, dim=-1)
-    k = k / taus[groups].unsqueeze(-1)
-    logits = q @ k.transpose(1, 2) / (k.shape[-1] ** 0.5)  # one head is enough for the invariant
-    return logits.softmax(-1)[..., groups == 0].sum(-1).mean().item()
+def spied_attention_mass(conn, seq, groups, taus, monkeypatch):
+    """Attention probability the latents put on group 0, read from the ``q`` and ``k`` that the
+    connector's cross-attention hands to ``scaled_dot_product_attention`` (not recomputed here)."""
+    import mmsr.connector
+
+    seen = []
+    real = mmsr.connector.F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q, k))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(mmsr.connector.F, "scaled_dot_product_attention", spy)
+    conn(seq, groups, taus)
+    monkeypatch.undo()
+    q, k = next((q, k) for q, k in seen if k.shape[-2] == seq.shape[1])  # the cross-attention call
+    probs = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)
+    return probs[..., groups == 0].sum(-1).mean().item()
 
 
-def test_lower_temperature_shifts_attention_toward_modality():
+def test_lower_temperature_shifts_attention_toward_modality(monkeypatch):
+    """Eq. (5): logits ``q k^T / (tau sqrt(d))``, so a lower tau draws more attention (fails if inverted)."""
     torch.manual_seed(0)
     conn = MMLConnector(dim=32, num_latents=8, depth=1, heads=1, dim_head=32)
     seq = torch.randn(1, 64, 32) * 3
     groups = torch.tensor([0] * 16 + [1] * 16 + [2] * 16 + [3] * 16)
-    masses = [attention_mass(conn, seq, groups, torch.tensor([tau, 1.0, 1.0, 1.0])) for tau in (10.0, 1.0, 0.4)]
+    masses = [
+        spied_attention_mass(conn, seq, groups, torch.tensor([tau, 1.0, 1.0, 1.0]), monkeypatch)
+        for tau in (10.0, 1.0, 0.4)
+    ]
     assert masses[0] < masses[1] < masses[2]
 
 
