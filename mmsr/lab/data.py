@@ -16,11 +16,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..constants import IMAGE_SUFFIXES, SCALE
 from ..imageio import load_image, pil_to_tensor, tensor_to_pil
 
-SCALE = 4
 LR_MODES = ("bicubic", "degraded", "given")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass

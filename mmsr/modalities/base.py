@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-SPATIAL_MODALITIES = ("depth", "seg", "edges")
-MAP_SIZE = 256
+from ..constants import MAP_SIZE  # noqa: F401 - re-exported for the extractors
+from ..constants import MODALITIES as SPATIAL_MODALITIES  # noqa: F401 - the maps; the caption is not one
 
 
 @dataclass
