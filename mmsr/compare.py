@@ -171,7 +171,8 @@ def run_baseline(
             progress(name, i, total)
 
     def run() -> Image.Image:
-        return baseline.run(lr, settings, step)
+        shared = engine.baseline_from_stage1(name, lr)  # MMSR's stage 1 already made this image
+        return shared if shared is not None else baseline.run(lr, settings, step)
 
     if cache is None:
         return run(), baseline.label, False
@@ -290,7 +291,9 @@ def settings_from_record(record: dict[str, Any]) -> tuple[UpscaleSettings, str, 
         raise ValueError(f'not an MMSR Lab run record (expected "format": "{RECORD_FORMAT}")')
     for key, kind in RECORD_FIELDS.items():  # callers read these fields too: their types are checked here, once
         if record.get(key) is not None and not isinstance(record[key], kind):
-            raise ValueError(f"{key} must be {'a string' if kind is str else 'an object'}, got {type(record[key]).__name__}")
+            raise ValueError(
+                f"{key} must be {'a string' if kind is str else 'an object'}, got {type(record[key]).__name__}"
+            )
     settings = UpscaleSettings.from_dict(record.get("settings") or {})
     notes = []
     user = [k for k, source in (record.get("modalities") or {}).items() if source == "user"]

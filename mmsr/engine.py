@@ -73,6 +73,7 @@ class Engine:
         )
         self.extractor_cache = ExtractorCache(max_entries=cache_entries)
         self._tokens: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._stage1: OrderedDict[str, Image.Image] = OrderedDict()
         self._cache_entries = cache_entries
 
     @classmethod
@@ -110,15 +111,54 @@ class Engine:
         for name, user_map in (user_maps or {}).items():
             check_map_shape(user_map, image, name)
         spatial = {k: self.extractors[k] for k in MODALITIES}
-        return extract_all(
+        trained = self.trained_modalities
+        results = extract_all(
             image,
             extractors=spatial,
-            enabled={k: enabled.get(k, True) for k in MODALITIES},
+            enabled={k: enabled.get(k, True) and k in trained for k in MODALITIES},
             user_maps=user_maps or {},
             cache=self.extractor_cache,
             flat_guard=flat_guard,
             upscaled=upscaled,
         )
+        for k in MODALITIES:
+            if enabled.get(k, True) and k not in trained:
+                # A map the model never learned could push it off its training distribution.
+                results[k] = ModalityResult.absent(
+                    k, f"this {self.preset.name} checkpoint was not trained with {k} maps"
+                )
+        return results
+
+    @property
+    def trained_modalities(self) -> tuple[str, ...]:
+        return tuple(self.pipeline.config.trained_modalities)
+
+    def stage1(self, lr: Image.Image) -> Image.Image | None:
+        """The pipeline's frozen stage-1 restoration of ``lr`` (cached per image); ``None`` without one.
+
+        The same image is the Real-ESRGAN baseline column: it is computed once per input.
+        """
+        if self.pipeline.config.stage1 is None:
+            return None
+        key = image_hash(lr)
+        if key not in self._stage1:
+            self._stage1[key] = tensor_to_pil(self.pipeline.restore(pil_to_tensor(lr).to(self.pipeline.device)))
+            while len(self._stage1) > self._cache_entries:
+                self._stage1.popitem(last=False)
+        self._stage1.move_to_end(key)
+        return self._stage1[key]
+
+    def remember_stage1(self, lr: Image.Image, image: Image.Image) -> None:
+        """Seed the stage-1 cache with a stage-1 image made earlier (e.g. a saved Real-ESRGAN PNG of ``lr``)."""
+        self._stage1[image_hash(lr)] = image.convert("RGB")
+
+    def baseline_from_stage1(self, name: str, lr: Image.Image) -> Image.Image | None:
+        """The stage-1 image when baseline ``name`` is what stage 1 runs (e.g. ``realesrgan``), else ``None``."""
+        from .pipeline import STAGE1_MODELS
+
+        if STAGE1_MODELS.get(self.pipeline.config.stage1) != name:
+            return None
+        return self.stage1(lr)
 
     def tokens(self, results: dict[str, ModalityResult]) -> list[torch.Tensor | None]:
         """Modality tokens in ``MODALITIES`` order (``None`` = ``m_0``), cached per map."""
@@ -190,8 +230,14 @@ class Engine:
         tokens = self.tokens(results)
         timings[f"{prefix}tokenizer"] = time.perf_counter() - start
         generator = torch.Generator("cpu").manual_seed(settings.seed)
+        start = time.perf_counter()
+        stage1 = self.stage1(lr)
+        if stage1 is not None:
+            timings[f"{prefix}stage1"] = time.perf_counter() - start
+            stage1 = pil_to_tensor(stage1)
         out = self.pipeline(
             pil_to_tensor(lr),
+            stage1=stage1,
             prompt=caption,
             modality_tokens=tokens,
             negative_prompt=settings.negative_prompt,

@@ -12,16 +12,19 @@ from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DCon
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .autoencoder import PatchAutoencoder
+from .autoencoder import PixelShuffleAutoencoder
 from .conditioning import MODALITIES, TEXT_GROUP, ConditionEmbedding
 from .connector import MMLConnector, check_temperatures
 from .constants import SCALE
 from .guidance import combine, negative_branch
 from .tiling import default_overlap, resolve_tile, tiled_apply, vae_tiling
 from .timing import StageTimer
-from .tokenizer import ModalityTokenizer
+from .tokenizer import ModalityTokenizer, PatchCodebook
 
 logger = logging.getLogger(__name__)
+
+# ``stage1`` config value -> the registered baseline that runs it (``baselines.get_baseline``).
+STAGE1_MODELS = {None: None, "realesrgan-x4plus": "realesrgan"}
 
 
 @dataclass
@@ -40,22 +43,37 @@ class MMSRPipeline(DiffusionPipeline):
     noisy latent concatenated with the LR latent), ``scheduler`` (DDIM), ``vqmodel`` (frozen modality
     tokenizer), ``condition_embedding`` (``m_0``, type and position embeddings), ``connector`` (MMLC),
     ``text_encoder`` and ``tokenizer``.
+
+    Configuration (stored in ``model_index.json``, so a checkpoint knows what it learned):
+
+    * ``stage1``: ``None`` (the paper: the LR condition is the bicubic upsample) or
+      ``"realesrgan-x4plus"``: a frozen restoration stage whose output replaces bicubic (DiffBIR).
+    * ``residual``: the diffusion generates ``HR - condition image``, so a model that predicts zero
+      returns the condition image exactly.
+    * ``trained_modalities``: the modalities the model saw while training; any other is ``m_0``.
     """
 
     model_cpu_offload_seq = "text_encoder->connector->unet->vae"
 
     def __init__(
         self,
-        vae: AutoencoderKL | PatchAutoencoder,
+        vae: AutoencoderKL | PixelShuffleAutoencoder,
         unet: UNet2DConditionModel,
         scheduler: DDIMScheduler,
-        vqmodel: VQModel,
+        vqmodel: VQModel | PatchCodebook,
         condition_embedding: ConditionEmbedding,
         connector: MMLConnector,
         text_encoder,
         tokenizer,
+        stage1: str | None = None,
+        residual: bool = False,
+        trained_modalities: list | tuple = MODALITIES,
     ):
         super().__init__()
+        if stage1 not in STAGE1_MODELS:
+            raise ValueError(f"unknown stage1 {stage1!r}; choose one of {list(STAGE1_MODELS)}")
+        self.register_to_config(stage1=stage1, residual=residual, trained_modalities=list(trained_modalities))
+        self._restorer = None
         self.register_modules(
             vae=vae,
             unet=unet,
@@ -148,21 +166,56 @@ class MMSRPipeline(DiffusionPipeline):
         return lr, (h * SCALE, w * SCALE)
 
     @torch.no_grad()
+    def restore(self, lr: torch.Tensor) -> torch.Tensor:
+        """Stage 1: ``(B, 3, h, w)`` -> ``(B, 3, 4h, 4w)`` in [0, 1], rounded to 8 bits as its PNG would be.
+
+        The restorer loads once, on first use; the engine passes its cached result instead.
+        """
+        from baselines.realesrgan import upscale_tiled
+
+        if self._restorer is None:
+            from baselines import get_baseline
+
+            self._restorer = get_baseline(STAGE1_MODELS[self.config.stage1], device=lr.device)
+        model = self._restorer.load()
+        settings = self._restorer.make_settings()
+        sr = upscale_tiled(model, lr, scale=SCALE, tile=settings.tile, tile_pad=settings.tile_pad)
+        return (sr.float().clamp(0, 1) * 255).round() / 255
+
+    @torch.no_grad()
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """VAE latent ``(B, C, H/f, W/f)`` of an HR-size image in [0, 1]: the concatenated LR condition.
+
+        Scaled by ``scaling_factor`` except with ``residual``, where the scale belongs to the residual.
+        """
+        latent = self.vae.encode(image.to(self.vae.device, self.vae.dtype) * 2 - 1).latent_dist.mode()
+        return latent if self.config.residual else latent * self.vae.config.scaling_factor
+
+    @torch.no_grad()
     def encode_lr(self, lr: torch.Tensor) -> torch.Tensor:
-        """Bicubic x4 of the LR, VAE-encoded: ``(B, C, 4h/f, 4w/f)`` (the concatenated LR condition)."""
-        up = F.interpolate(lr, scale_factor=SCALE, mode="bicubic", align_corners=False).clamp(0, 1)
-        latent = self.vae.encode(up.to(self.vae.device, self.vae.dtype) * 2 - 1).latent_dist.mode()
-        return latent * self.vae.config.scaling_factor
+        """Bicubic x4 of the LR, VAE-encoded: ``(B, C, 4h/f, 4w/f)`` (the paper's LR condition)."""
+        return self.encode_image(F.interpolate(lr, scale_factor=SCALE, mode="bicubic", align_corners=False).clamp(0, 1))
+
+    def condition_latent(self, lr_padded: torch.Tensor, stage1: torch.Tensor | None) -> torch.Tensor:
+        """Bicubic (the paper) or, with a stage 1, its output padded like the LR, VAE-encoded."""
+        if stage1 is None:
+            return self.encode_lr(lr_padded)
+        ph, pw = (SCALE * p - s for p, s in zip(lr_padded.shape[-2:], stage1.shape[-2:]))
+        if ph or pw:
+            mode = "reflect" if ph < stage1.shape[-2] and pw < stage1.shape[-1] else "replicate"
+            stage1 = F.pad(stage1, (0, pw, 0, ph), mode=mode)
+        return self.encode_image(stage1)
 
     def prepare_latents(
         self, lr_latent: torch.Tensor, generator: torch.Generator | None, start: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Pure noise, or (``start`` given, ``strength < 1``) the LR latent noised to timestep ``start``."""
+        """Pure noise, or (``start`` given, ``strength < 1``) the LR latent (a zero residual) noised to ``start``."""
         shape = (lr_latent.shape[0], self.unet.config.out_channels, *lr_latent.shape[-2:])
         noise = randn_tensor(shape, generator=generator, device=lr_latent.device, dtype=lr_latent.dtype)
         if start is None:
             return noise * self.scheduler.init_noise_sigma
-        return self.scheduler.add_noise(lr_latent, noise, start.reshape(1))
+        clean = torch.zeros_like(noise) if self.config.residual else lr_latent
+        return self.scheduler.add_noise(clean, noise, start.reshape(1))
 
     def get_timesteps(self, num_inference_steps: int, strength: float, device) -> torch.Tensor:
         """The schedule's last ``strength`` fraction (at least one step): ``strength = 1`` is the full chain."""
@@ -171,8 +224,12 @@ class MMSRPipeline(DiffusionPipeline):
         return timesteps[min(len(timesteps) - 1, round(len(timesteps) * (1 - strength))) :]
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        image = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+    def decode(self, latents: torch.Tensor, lr_latent: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents -> image in [0, 1]; with ``residual``, the generated residual is added to ``lr_latent``."""
+        latents = latents / self.vae.config.scaling_factor
+        if self.config.residual:
+            latents = latents + lr_latent
+        image = self.vae.decode(latents).sample
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
     # -- sampling ---------------------------------------------------------------------------------
@@ -223,6 +280,7 @@ class MMSRPipeline(DiffusionPipeline):
         callback: Callable[[int, int], None] | None = None,
         latent_tile: int | None = None,
         strength: float = 1.0,
+        stage1: torch.Tensor | None = None,
     ) -> MMSRPipelineOutput:
         """Args:
         lr: ``(B, 3, h, w)`` in [0, 1]. Output is ``(B, 3, 4h, 4w)``.
@@ -239,6 +297,8 @@ class MMSRPipeline(DiffusionPipeline):
         latent_tile: denoise in overlapping latent tiles of this side (blended, seam-free); ``None`` =
             only when the latent exceeds ``tiling.AUTO_TILE_ABOVE``, ``0`` = never. Outputs above
             ``tiling.VAE_TILE_ABOVE`` pixels also go through the VAE in tiles.
+        stage1: ``(B, 3, 4h, 4w)`` precomputed stage-1 output (pipelines with a ``stage1`` only; computed
+            here when ``None``). Modalities the checkpoint was not trained with are ``m_0``.
         """
         # 1. Check inputs
         self.check_inputs(lr, guidance_scale, num_inference_steps, strength)
@@ -257,19 +317,26 @@ class MMSRPipeline(DiffusionPipeline):
         with timer("tokenizer"):
             if modality_tokens is None:
                 modality_tokens = self.encode_modalities(maps or {})
+            trained = self.config.trained_modalities
+            modality_tokens = [t if m in trained else None for m, t in zip(MODALITIES, modality_tokens)]
         with timer("connector"):
             cond = self.encode_condition(text[:b], modality_tokens, taus)
             if do_cfg:
                 uncond = self.encode_condition(text[b:], modality_tokens, taus, **negative)
                 cond = torch.cat([uncond, cond])
 
-        # 3. LR latent and initial noise (the VAE works in tiles for large outputs)
-        lr_padded, out_size = self.pad_lr(lr.to(device, torch.float32))
+        # 3. Stage 1, LR latent and initial noise (the VAE works in tiles for large outputs)
+        lr = lr.to(device, torch.float32)
+        if self.config.stage1 is not None and stage1 is None:
+            with timer("stage1"):
+                stage1 = self.restore(lr)
+        lr_padded, out_size = self.pad_lr(lr)
         output_side = SCALE * max(lr_padded.shape[-2:])
         latent_hw = [SCALE * s // self.vae_scale_factor for s in lr_padded.shape[-2:]]
         tile = resolve_tile(*latent_hw, latent_tile, self.unet_factor)
         with timer("vae_encode"), vae_tiling(self.vae, output_side):
-            lr_latent = self.encode_lr(lr_padded).to(self.unet.dtype)
+            stage1 = None if self.config.stage1 is None else stage1.to(device, torch.float32)
+            lr_latent = self.condition_latent(lr_padded, stage1).to(self.unet.dtype)
         timesteps = self.get_timesteps(num_inference_steps, strength, device)
         latents = self.prepare_latents(lr_latent, generator, timesteps[0] if strength < 1 else None)
         lr_latent_in = torch.cat([lr_latent] * 2) if do_cfg else lr_latent
@@ -290,6 +357,6 @@ class MMSRPipeline(DiffusionPipeline):
 
         # 5. Decode and crop the padding away
         with timer("vae_decode"), vae_tiling(self.vae, output_side):
-            images = self.decode(latents)[..., : out_size[0], : out_size[1]]
+            images = self.decode(latents, lr_latent)[..., : out_size[0], : out_size[1]]
         self.maybe_free_model_hooks()
         return MMSRPipelineOutput(images=images, timings=timer.seconds, warnings=warnings)

@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, VQModel
 
-from .autoencoder import PatchAutoencoder
+from .autoencoder import PixelShuffleAutoencoder
 from .conditioning import ConditionEmbedding
 from .connector import MMLConnector
 from .pipeline import MMSRPipeline
+from .tokenizer import PatchCodebook
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = REPO_ROOT / "checkpoints"
@@ -82,6 +83,10 @@ def _unet_config(
     )
 
 
+LITE_CHANNELS = (48, 96, 192)
+LITE_STEPS = 4
+LITE_GUIDANCE = 1.0
+
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,
@@ -91,6 +96,19 @@ SCHEDULER_CONFIG = dict(
     set_alpha_to_one=False,
     steps_offset=1,
     prediction_type="epsilon",
+)
+
+# lite v2: x0-prediction on a zero-terminal-SNR schedule with trailing timesteps, made for a few
+# steps ("Common Diffusion Noise Schedules and Sample Steps are Flawed", Lin et al. 2024). With
+# alpha = 1 at the end, the last DDIM step returns the model's x0 exactly, so an untrained,
+# zero-output UNet returns the stage-1 image.
+FEW_STEP_SCHEDULER_CONFIG = dict(
+    SCHEDULER_CONFIG,
+    prediction_type="sample",
+    rescale_betas_zero_snr=True,
+    timestep_spacing="trailing",
+    set_alpha_to_one=True,
+    steps_offset=0,
 )
 
 
@@ -106,9 +124,12 @@ class Preset:
     vq: dict
     connector: dict
     hub: dict = field(default_factory=dict)
-    # 1 = the paper's sampler from pure noise; the lite UNet, trained for 40 CPU minutes, drifts off its
-    # training distribution over a full chain, so lite starts from the noised LR latent instead.
+    scheduler: dict = field(default_factory=lambda: dict(SCHEDULER_CONFIG))
+    # MMSRPipeline configuration: ``stage1``, ``residual``, ``trained_modalities``.
+    pipeline: dict = field(default_factory=dict)
+    # 1 = the paper's sampler from pure noise; below 1 starts from the noised LR latent (SDEdit).
     default_strength: float = 1.0
+    default_guidance: float = 4.0
 
 
 PRESETS: dict[str, Preset] = {
@@ -124,17 +145,19 @@ PRESETS: dict[str, Preset] = {
     "lite": Preset(
         name="lite",
         text_dim=384,
-        default_steps=20,
-        default_strength=0.35,
-        # Sized for training on a shared 2-core CPU in minutes (see checkpoints/README.md). The f8
-        # autoencoder is a whitened-PCA patch transform with learned refinement (mmsr/autoencoder.py,
-        # 16 latent channels): a conv AutoencoderKL trained for the same minutes reached 17 dB on Set14.
-        vae=dict(_class="PatchAutoencoder", patch_size=8, latent_channels=16),
+        default_steps=LITE_STEPS,
+        default_guidance=LITE_GUIDANCE,
+        # Sized for training on a shared 2-core CPU (see checkpoints/README.md): DiffBIR's two stages,
+        # a frozen Real-ESRGAN x4plus restoration, then a small UNet that generates the residual over
+        # it in a lossless f8 pixel-unshuffle space (192 channels), tokens from a k-means codebook.
+        vae=dict(_class="PixelShuffleAutoencoder", patch_size=8),
         unet=_unet_config(
-            (32, 64, 128), cross_dim=384, head_dim=8, groups=16, layers=1, latent=16, top_attention=False
+            LITE_CHANNELS, cross_dim=384, head_dim=8, groups=16, layers=1, latent=192, top_attention=False
         ),
-        vq=_vq_config((8, 16, 32, 32, 64), latent=32, codebook=256, embed_dim=32, groups=8),
+        vq=dict(_class="PatchCodebook", num_vq_embeddings=1024, patch_size=16, pool=8),
         connector=dict(num_latents=32, depth=1, heads=4, dim_head=32),
+        scheduler=FEW_STEP_SCHEDULER_CONFIG,
+        pipeline=dict(stage1="realesrgan-x4plus", residual=True, trained_modalities=("seg", "edges")),
     ),
     "full": Preset(
         name="full",
@@ -156,19 +179,38 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def make_autoencoder(config: dict):
-    """A preset's autoencoder: diffusers ``AutoencoderKL`` unless the config names ``PatchAutoencoder``."""
+# Local classes a preset config or a saved folder can name instead of the diffusers default.
+LOCAL_CLASSES = {"PixelShuffleAutoencoder": PixelShuffleAutoencoder, "PatchCodebook": PatchCodebook}
+
+
+def _make(config: dict, default):
     config = dict(config)
-    if config.pop("_class", "AutoencoderKL") == "PatchAutoencoder":
-        return PatchAutoencoder(**config)
-    return AutoencoderKL(**config)
+    return LOCAL_CLASSES.get(config.pop("_class", None), default)(**config)
+
+
+def make_autoencoder(config: dict):
+    """A preset's autoencoder: diffusers ``AutoencoderKL`` unless the config names a local class."""
+    return _make(config, AutoencoderKL)
+
+
+def make_tokenizer(config: dict):
+    """A preset's modality tokenizer: diffusers ``VQModel`` unless the config names ``PatchCodebook``."""
+    return _make(config, VQModel).requires_grad_(False).eval()
+
+
+def saved_class(folder: Path, default):
+    """The class a saved component folder was written from (its ``config.json``)."""
+    config = folder / "config.json"
+    name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
+    return LOCAL_CLASSES.get(name, default)
 
 
 def autoencoder_class(folder: Path):
-    """The autoencoder class a saved ``vae`` folder was written from (its ``config.json``)."""
-    config = folder / "config.json"
-    name = json.loads(config.read_text()).get("_class_name") if config.is_file() else None
-    return PatchAutoencoder if name == "PatchAutoencoder" else AutoencoderKL
+    return saved_class(folder, AutoencoderKL)
+
+
+def tokenizer_class(folder: Path):
+    return saved_class(folder, VQModel)
 
 
 def get_preset(name: str) -> Preset:
@@ -189,15 +231,21 @@ def build_components(name: str, seed: int = 0) -> dict:
         text_encoder, tokenizer = tiny_text_encoder(p.text_dim)
     else:
         text_encoder, tokenizer = None, None  # full: the OpenCLIP ViT-H text encoder comes from the hub
+    unet = UNet2DConditionModel(**p.unet)
+    if p.pipeline.get("residual"):
+        # A zero residual: the untrained model returns the stage-1 image exactly.
+        torch.nn.init.zeros_(unet.conv_out.weight)
+        torch.nn.init.zeros_(unet.conv_out.bias)
     return dict(
         vae=make_autoencoder(p.vae),
-        unet=UNet2DConditionModel(**p.unet),
-        scheduler=DDIMScheduler(**SCHEDULER_CONFIG),
-        vqmodel=VQModel(**p.vq).requires_grad_(False).eval(),
+        unet=unet,
+        scheduler=DDIMScheduler(**p.scheduler),
+        vqmodel=make_tokenizer(p.vq),
         condition_embedding=ConditionEmbedding(dim=p.text_dim),
         connector=MMLConnector(dim=p.text_dim, **p.connector),
         text_encoder=text_encoder,
         tokenizer=tokenizer,
+        **p.pipeline,
     )
 
 
@@ -255,7 +303,7 @@ def _shared_components(path: Path) -> dict:
         source = (path / where).resolve() / name
         if name not in ("vae", "vqmodel") or not source.is_dir():
             raise _missing(source, f"shared {name} of {path}")
-        cls = autoencoder_class(source) if name == "vae" else VQModel
+        cls = autoencoder_class(source) if name == "vae" else tokenizer_class(source)
         shared[name] = cls.from_pretrained(source, torch_dtype=torch.float32, use_safetensors=True)
     return shared
 

@@ -67,11 +67,6 @@ class VAEStage:
         self.model = VAEWrapper(components["vae"].train())
         self.discriminator = PatchDiscriminator()
         self.bank, self.crop = bank, crop
-        if hasattr(self.model.vae, "init_from_patches"):
-            # Closed-form start for the patch autoencoder: whitened PCA of 64 training crops' patches.
-            rng = np.random.default_rng(12345)
-            kept = self.model.vae.init_from_patches(torch.cat([self.next_batch(16, rng) for _ in range(4)]))
-            print(f"patch autoencoder initialised from PCA: {kept:.1%} of patch variance kept")
         self.kl_weight, self.fft_weight, self.adv_weight, self.adv_start = kl_weight, fft_weight, adv_weight, adv_start
 
     def next_batch(self, batch_size: int, rng: np.random.Generator) -> torch.Tensor:

@@ -42,6 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ema", action="store_true", help="unet stage: save the raw weights, not the EMA")
     p.add_argument("--cache", type=Path, help="unet stage: latent/token cache file (built when missing)")
     p.add_argument("--lr-variants", type=int, default=2, help="unet stage: degraded LR versions per photo in the cache")
+    p.add_argument(
+        "--stage1-dir",
+        type=Path,
+        default=Path("runs/stage1"),
+        help="unet stage of a preset with a stage 1: the folder `python -m mmsr.training.stage1` wrote",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--fp16-weights", action="store_true", help="store the saved weights in float16 (smaller repo)")
     p.add_argument("--evaluate", action="store_true", help="score checkpoints instead (see mmsr.training.evaluate)")
@@ -89,6 +95,7 @@ def build_stage(args: argparse.Namespace):
             seed=args.seed,
             ema=not args.no_ema,
             fp16_weights=args.fp16_weights,
+            stage1_dir=args.stage1_dir,
         )
     if args.gradient_checkpointing:
         for module in stage.model.modules():
@@ -101,15 +108,14 @@ def build_stage(args: argparse.Namespace):
 
 def load_init(components: dict, folders: list[Path]) -> None:
     """Replace ``vae`` / ``vqmodel`` with trained ones from earlier stages' output folders."""
-    from diffusers import VQModel
-
-    from ..presets import autoencoder_class
+    from ..presets import autoencoder_class, tokenizer_class
 
     for folder in folders:
         if (folder / "vae").is_dir():
             components["vae"] = autoencoder_class(folder / "vae").from_pretrained(folder / "vae", torch_dtype=_f32())
         if (folder / "vqmodel").is_dir():
-            components["vqmodel"] = VQModel.from_pretrained(folder / "vqmodel", torch_dtype=_f32())
+            cls = tokenizer_class(folder / "vqmodel")
+            components["vqmodel"] = cls.from_pretrained(folder / "vqmodel", torch_dtype=_f32())
         if (folder / "unet").is_dir():
             warm_start(components, folder)
         if not any((folder / sub).is_dir() for sub in ("vae", "vqmodel", "unet")):

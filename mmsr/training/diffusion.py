@@ -1,17 +1,23 @@
-"""Stage ``unet``: the MMSR UNet + connector + ``m_0`` with the diffusion epsilon loss (paper sec. 3.4).
+"""Stage ``unet``: the MMSR UNet + connector + ``m_0`` with the diffusion loss (paper sec. 3.4).
 
-The frozen parts (VAE, VQ tokenizer, text encoder) run once, before training, over whole photos:
+Everything frozen runs once, before training, over whole photos (the *cache*):
 
-* HR latents of each photo and, for ``lr_variants`` LR versions of it (second-order degradation,
-  the last one plain bicubic), ``pipeline.encode_lr(lr)``: the UNet's concatenated LR condition;
-* VQ code indices of the edge and VOC-label maps of each photo, rendered at ``256 / crop`` map
-  pixels per HR pixel, so an HR crop has exactly the 256x256 map and 16x16 tokens it would have on
-  its own (at 128 px crops, token ``(i, j)`` lies over latent ``(i, j)``);
+* per photo, ``lr_variants`` LR versions (second-order degradations, the last one plain bicubic)
+  and the image the UNet is conditioned on for each: the frozen stage 1 (``lite``: Real-ESRGAN,
+  read from the stage-1 folder of :mod:`mmsr.training.stage1`) or the bicubic upsample (the paper);
+* latents of the HR photo and of each condition image;
+* the modality maps **as inference makes them**: Canny edges of the bicubic-upsampled LR version
+  (the extractor the engine runs), the photo's VOC label map from ``DATA/seg`` where there is one,
+  else ``m_0``; depth has no offline source and is never trained (``trained_modalities``). Maps are
+  drawn at ``256 / crop`` map pixels per HR pixel, so an HR crop has exactly the 256x256 map and
+  16x16 tokens it would have on its own (at 128 px crops, token ``(i, j)`` lies over latent
+  ``(i, j)``). A :class:`~mmsr.tokenizer.PatchCodebook` tokenizer is fitted here, by k-means over
+  these maps, before their code indices are stored;
 * text hidden states of every distinct caption (and of the empty caption).
 
-A training crop is then a random 16x16 window of those grids: no encoder runs in the loop, which
-is what makes training on two CPU cores possible. Modalities come from the HR photo; depth has no
-offline source and is always ``m_0``.
+A training sample is then a random window of those grids: no encoder runs in the loop, which is
+what makes training on two CPU cores possible. With ``residual`` the target is
+``scaling_factor * (HR latent - condition latent)``, so a zero output returns the condition image.
 """
 
 from __future__ import annotations
@@ -25,23 +31,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from PIL import Image
 from torch import nn
 
 from ..conditioning import MODALITIES
-from ..degradation import Degradation, bicubic_degrade
+from ..constants import SCALE
 from ..modalities.edges import canny_edges
 from ..modalities.palette import get_label_space
-from ..pipeline import SCALE, MMSRPipeline
+from ..pipeline import MMSRPipeline
+from ..tokenizer import PatchCodebook
+from . import stage1 as stage1_cache
 from .data import ImageBank, to_tensor
 
 TOKENS = 16  # a 256 px map -> 16x16 tokens
 SEG, EDGES = MODALITIES.index("seg"), MODALITIES.index("edges")
+KMEANS_SAMPLES = 200_000  # map patches the k-means codebook is fitted on
 
 
 class SRDenoiser(nn.Module):
     """``condition_embedding`` + ``connector`` + ``unet`` as one module (one forward for DDP).
 
-    ``forward(x, t, text, tokens, keep)``: ``x`` ``(B, 8, h, w)`` = cat(noisy latent, LR latent);
+    ``forward(x, t, text, tokens, keep)``: ``x`` ``(B, 2C, h, w)`` = cat(noisy latent, LR latent);
     ``text`` ``(B, L, D)``; ``tokens`` one ``(B, 256, D)`` tensor or ``None`` per modality; ``keep``
     ``(B, 3)`` bool, ``False`` puts ``m_0`` in that sample's modality (dropout, missing maps).
     """
@@ -63,55 +73,55 @@ class SRDenoiser(nn.Module):
 
 @dataclass
 class PhotoLatents:
-    hr: torch.Tensor  # (4, h, w)
-    lr: torch.Tensor  # (V, 4, h, w)
-    seg: torch.Tensor | None  # (h, w) code indices
-    edges: torch.Tensor  # (h, w) code indices
+    hr: torch.Tensor  # (C, h, w) float16
+    lr: torch.Tensor  # (V, C, h, w) float16: latents of the condition images (stage 1 or bicubic)
+    seg: torch.Tensor | None  # (h', w') code indices
+    edges: torch.Tensor  # (V, h', w') code indices, one map per LR version
     caption: int
 
 
-def _crop8(image: np.ndarray, seg: np.ndarray | None, multiple: int):
-    h, w = (s - s % multiple for s in image.shape[:2])
-    return image[:h, :w], None if seg is None else seg[:h, :w]
+@dataclass
+class PhotoMaps:
+    """One photo's images and maps before tokenization (uint8, HR size)."""
+
+    hr: np.ndarray
+    conditions: list[np.ndarray]
+    edges: list[np.ndarray]
+    seg: np.ndarray | None  # VOC palette colours
+    caption: int
 
 
 def _up(a: np.ndarray, factor: int) -> np.ndarray:
     return np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)
 
 
+def lr_edges(lr: np.ndarray) -> np.ndarray:
+    """Edges of an LR version exactly as the engine extracts them: Canny of the bicubic x4 upsample."""
+    image = Image.fromarray(lr)
+    up = image.resize((image.width * SCALE, image.height * SCALE), Image.BICUBIC)
+    return canny_edges(np.asarray(up))
+
+
 @torch.no_grad()
-def vq_indices(pipe: MMSRPipeline, rgb_map: np.ndarray) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 map -> ``(H/16, W/16)`` code indices of the frozen VQ (as the tokenizer quantizes)."""
+def map_features(pipe: MMSRPipeline, rgb_map: np.ndarray, map_scale: int) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 map at HR size -> the tokenizer's ``(C, H', W')`` features of its map-scale drawing."""
     vq = pipe.vqmodel
-    x = to_tensor([rgb_map]).to(vq.device, vq.dtype) * 2 - 1
-    h = vq.encode(x).latents
-    _, _, (_, _, idx) = vq.quantize(h)
-    return idx.reshape(h.shape[-2:]).to(torch.int16).cpu()
+    x = to_tensor([_up(rgb_map, map_scale)]).to(vq.device, vq.dtype) * 2 - 1
+    return vq.encode(x).latents[0]
 
 
 @torch.no_grad()
-def encode_photo(
-    pipe: MMSRPipeline, image: np.ndarray, seg, caption: int, lr_variants: int, gen, map_scale: int
-) -> PhotoLatents:
-    vae = pipe.vae
-    hr = to_tensor([image]).to(vae.device)
-    hr_latent = vae.encode(hr * 2 - 1).latent_dist.mode()[0] * vae.config.scaling_factor
-    degrade = Degradation()
-    lrs = [degrade(hr, gen) for _ in range(lr_variants - 1)] + [bicubic_degrade(hr, SCALE)]
-    lr_latent = torch.cat([pipe.encode_lr(lr) for lr in lrs])
-    edges = np.repeat(_up(canny_edges(image), map_scale)[..., None], 3, axis=2)
-    seg_idx = None
-    if seg is not None:
-        palette = get_label_space("voc").palette
-        ids = np.where(seg < len(palette), seg, 0)
-        seg_idx = vq_indices(pipe, _up(palette[ids], map_scale))
-    return PhotoLatents(hr_latent.cpu(), lr_latent.cpu(), seg_idx, vq_indices(pipe, edges), caption)
+def code_indices(pipe: MMSRPipeline, features: torch.Tensor) -> torch.Tensor:
+    """``(C, h, w)`` features -> ``(h, w)`` code indices, as the tokenizer quantizes."""
+    _, _, (_, _, idx) = pipe.vqmodel.quantize(features[None])
+    return idx.reshape(features.shape[-2:]).to(torch.int16).cpu()
 
 
 class UNetStage:
     """Train ``unet`` + ``connector`` + ``condition_embedding`` (``m_0``) on cached latents.
 
     ``text_only=True`` trains the text-only twin: every modality is ``m_0``, always.
+    ``stage1_dir``: the stage-1 folder (pipelines with a ``stage1``; missing photos are built here).
     """
 
     name = "unet"
@@ -130,6 +140,7 @@ class UNetStage:
         modality_dropout: float = 0.1,
         caption_dropout: float = 0.1,
         fp16_weights: bool = False,
+        stage1_dir: Path | None = None,
     ):
         if crop % 8 or 256 % crop:
             raise ValueError(f"--crop must be a multiple of 8 that divides 256 (64, 128, 256), got {crop}")
@@ -137,14 +148,18 @@ class UNetStage:
         self.pipe.set_progress_bar_config(disable=True)
         for part in (self.pipe.vae, self.pipe.vqmodel, self.pipe.text_encoder):
             part.requires_grad_(False).eval()
+        if text_only:
+            self.pipe.register_to_config(trained_modalities=[])
         self.model = SRDenoiser(components["unet"], components["connector"], components["condition_embedding"]).train()
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
         self.bank, self.window = bank, crop // self.pipe.vae_scale_factor
         self.text_only, self.cache, self.lr_variants, self.seed = text_only, cache, lr_variants, seed
+        self.stage1_dir = stage1_dir
         self.ema, self.fp16_weights = ema, fp16_weights
         self.modality_dropout, self.caption_dropout = modality_dropout, caption_dropout
         self.photos: list[PhotoLatents] = []
         self.text: torch.Tensor | None = None
+        self.scale = 1.0  # residual scaling factor (set from the cache)
 
     # -- cache --------------------------------------------------------------------------------
 
@@ -161,19 +176,80 @@ class UNetStage:
             data = torch.load(path, weights_only=True)
         self.photos, self.text = data["photos"], data["text"].to(accelerator.device)
         self.empty_caption = data["captions"].index("")
+        if data.get("codebook") is not None:
+            self.pipe.vqmodel.quantize.embedding.weight.data.copy_(data["codebook"])
+        if self.pipe.config.residual:
+            self.scale = float(data["scaling_factor"])
+            self.pipe.vae.register_to_config(scaling_factor=self.scale)
+        if accelerator.is_main_process:
+            (out / "tokenizer.json").write_text(json.dumps(data.get("tokenizer", {}), indent=2))
+
+    def photo_maps(self, sample, caption: int, map_seed: int) -> PhotoMaps:
+        """HR, condition images and edge/seg maps of one photo, all at HR size."""
+        if self.pipe.config.stage1 is not None:
+            if not stage1_cache.photo_file(self.stage1_dir, sample.key).is_file():
+                raise ValueError(f"stage-1 cache {self.stage1_dir} lacks {sample.key}: build it first")
+            stored = stage1_cache.load(self.stage1_dir, sample.key)
+            hr, lrs, conditions = stored["hr"], list(stored["lr"]), list(stored["stage1"])
+        else:
+            hr = stage1_cache.crop_to_multiple(sample.image)
+            lrs = stage1_cache.lr_versions(hr, self.lr_variants, stage1_cache.photo_seed(sample.key, map_seed))
+            conditions = [np.asarray(Image.fromarray(lr).resize(hr.shape[1::-1], Image.BICUBIC)) for lr in lrs]
+        h, w = hr.shape[:2]
+        edges = [np.repeat(lr_edges(lr)[:h, :w, None], 3, axis=2) for lr in lrs]
+        seg = None
+        if sample.seg is not None:
+            palette = get_label_space("voc").palette
+            ids = sample.seg[:h, :w]
+            seg = palette[np.where(ids < len(palette), ids, 0)]
+        return PhotoMaps(hr, conditions, edges, seg, caption)
 
     def build_cache(self) -> dict:
         captions = sorted(set(self.bank.captions) | {""})
         text = torch.cat([self.pipe.encode_prompt(captions[i : i + 32])[0].cpu() for i in range(0, len(captions), 32)])
-        gen = torch.Generator().manual_seed(self.seed)
         map_scale = 256 // (self.window * self.pipe.vae_scale_factor)
-        multiple = max(self.pipe.vae_scale_factor * 2, TOKENS * 2 // map_scale)
-        photos = []
-        for s in self.bank.samples:
-            image, seg = _crop8(s.image, s.seg, multiple)
-            caption = captions.index(s.caption)
-            photos.append(encode_photo(self.pipe, image, seg, caption, self.lr_variants, gen, map_scale))
-        return {"photos": photos, "text": text, "captions": captions}
+        maps = [self.photo_maps(s, captions.index(s.caption), self.seed) for s in self.bank.samples]
+        tokenizer = self.fit_tokenizer(maps, map_scale)
+        photos, residuals = [], []
+        for m in maps:
+            hr = self.pipe.encode_image(to_tensor([m.hr]))[0]
+            cond = self.pipe.encode_image(to_tensor(m.conditions))
+            residuals.append((hr - cond[0]).flatten()[::97])
+            edges = torch.stack([code_indices(self.pipe, map_features(self.pipe, e, map_scale)) for e in m.edges])
+            seg = None if m.seg is None else code_indices(self.pipe, map_features(self.pipe, m.seg, map_scale))
+            photos.append(PhotoLatents(hr.half(), cond.half(), seg, edges, m.caption))
+        std = float(torch.cat(residuals).std())
+        return {
+            "photos": photos,
+            "text": text,
+            "captions": captions,
+            "scaling_factor": 1.0 / std if self.pipe.config.residual else None,
+            "codebook": self.pipe.vqmodel.quantize.embedding.weight.detach().cpu().clone(),
+            "tokenizer": tokenizer,
+        }
+
+    def fit_tokenizer(self, maps: list[PhotoMaps], map_scale: int) -> dict:
+        """k-means for a :class:`PatchCodebook` over patches of the training maps; reports its fit."""
+        if not isinstance(self.pipe.vqmodel, PatchCodebook):
+            return {}
+        rng = np.random.default_rng(self.seed)
+        features = []
+        for m in maps:
+            for rgb in [*m.edges, *([m.seg] if m.seg is not None else [])]:
+                f = map_features(self.pipe, rgb, map_scale)
+                features.append(f.flatten(1).T)
+        features = torch.cat(features)
+        pick = torch.from_numpy(rng.choice(len(features), size=min(KMEANS_SAMPLES, len(features)), replace=False))
+        report = self.pipe.vqmodel.fit(features[pick], seed=self.seed)
+        idx = torch.cat([self.pipe.vqmodel.quantize.indices(f) for f in features.split(65536)])
+        codes = self.pipe.vqmodel.quantize.embedding.weight
+        mse = float(
+            torch.cat([(f - codes[i]).pow(2).mean(1) for f, i in zip(features.split(65536), idx.split(65536))]).mean()
+        )
+        report.update(patches=len(features), all_mse=mse, psnr_db=float(10 * np.log10(4.0 / mse)))
+        report["codes_used_all"] = int(torch.bincount(idx, minlength=len(codes)).gt(0).sum())
+        print(f"tokenizer fit: {report}", flush=True)
+        return report
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -186,9 +262,10 @@ class UNetStage:
             p = self.photos[i]
             h, wd = p.hr.shape[-2:]
             y, x = int(rng.integers(0, h - w + 1)), int(rng.integers(0, wd - w + 1))
-            hr.append(p.hr[:, y : y + w, x : x + w])
-            lr.append(p.lr[rng.integers(0, len(p.lr)), :, y : y + w, x : x + w])
-            for j, idx in enumerate((p.seg, p.edges)):
+            v = int(rng.integers(0, len(p.lr)))
+            hr.append(p.hr[:, y : y + w, x : x + w].float())
+            lr.append(p.lr[v, :, y : y + w, x : x + w].float())
+            for j, idx in enumerate((p.seg, p.edges[v])):
                 if idx is None:
                     window = torch.zeros(TOKENS, TOKENS, dtype=torch.long)
                 else:
@@ -208,18 +285,29 @@ class UNetStage:
             "noise_seed": int(rng.integers(0, 2**31)),
         }
 
+    def target(self, batch: dict) -> torch.Tensor:
+        """The clean latent the diffusion generates: the scaled residual over the condition, or the HR latent."""
+        return (batch["hr"] - batch["lr"]) * self.scale if self.pipe.config.residual else batch["hr"]
+
     def loss(self, model, batch: dict, step: int):
         device = batch["hr"].device
-        hr = batch["hr"]
+        x0 = self.target(batch)
         gen = torch.Generator(device).manual_seed(batch["noise_seed"])
-        noise = torch.randn(hr.shape, generator=gen, device=device, dtype=hr.dtype)
+        noise = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype)
         t = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (hr.shape[0],), generator=gen, device=device
+            0, self.noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen, device=device
         )
-        noisy = self.noise_scheduler.add_noise(hr, noise, t)
+        noisy = self.noise_scheduler.add_noise(x0, noise, t)
         text = self.text[batch["caption"].to(self.text.device)].to(device)
-        eps = model(torch.cat([noisy, batch["lr"]], dim=1), t, text, batch["tokens"], batch["keep"])
-        mse = F.mse_loss(eps.float(), noise.float())
+        pred = model(torch.cat([noisy, batch["lr"]], dim=1), t, text, batch["tokens"], batch["keep"])
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "sample":
+            target = x0
+        elif kind == "v_prediction":
+            target = self.noise_scheduler.get_velocity(x0, noise, t)
+        else:
+            target = noise
+        mse = F.mse_loss(pred.float(), target.float())
         return mse, {"mse": mse.item()}, None
 
     # -- output -------------------------------------------------------------------------------
@@ -240,12 +328,16 @@ class UNetStage:
             **{k: v.to("cpu", dtype) if hasattr(v, "to") else v for k, v in parts.items()},
             text_encoder=None,
             tokenizer=None,
+            stage1=pipe.config.stage1,
+            residual=pipe.config.residual,
+            trained_modalities=pipe.config.trained_modalities,
         )
         saved.save_pretrained(out / "pipeline", safe_serialization=True)
         for part in parts.values():
             if hasattr(part, "to"):
                 part.to(torch.float32)
-        (out / "pipeline" / "training.json").write_text(json.dumps({"text_only": self.text_only}, indent=2))
+        record = {"text_only": self.text_only, "trained_modalities": pipe.config.trained_modalities}
+        (out / "pipeline" / "training.json").write_text(json.dumps(record, indent=2))
 
 
 def link_shared(twin: Path, base: Path, parts: tuple[str, ...] = ("vae", "vqmodel")) -> None:

@@ -79,16 +79,19 @@ class Runner:
         ids = np.asarray(Image.open(path))
         return Image.fromarray(palette[np.where(ids < len(palette), ids, 0)])
 
-    def __call__(self, method: str, lr: Image.Image, set_name: str, stem: str) -> Image.Image:
+    def __call__(self, method: str, lr: Image.Image, set_name: str, stem: str, stage1: Image.Image | None = None):
+        """The method's SR image; ``stage1``: the saved Real-ESRGAN image of ``lr``, which MMSR's stage 1 reuses."""
         from ..settings import UpscaleSettings
 
         if method in ("bicubic", "realesrgan"):
             return self._baseline(method)(lr)
         caption = self.captions.get(f"eval/{set_name}/{stem}.png", "")
         settings = UpscaleSettings(caption=caption, auto_caption=False, seed=0)
+        engine = self._engine("lite-text-only" if method == "twin" else "lite")
+        if stage1 is not None:
+            engine.remember_stage1(lr, stage1)
         if method == "twin":
-            return self._engine("lite-text-only").text_only(lr, settings).image
-        engine = self._engine("lite")
+            return engine.text_only(lr, settings).image
         if method == "mmsr_m0":
             return engine.text_only(lr, settings).image
         seg = self.seg_map(set_name, stem)
@@ -110,7 +113,9 @@ def run(data: Path, out: Path, checkpoints: Path, sets: list[str], methods: list
                 if path.is_file():
                     sr = Image.open(path).convert("RGB")
                 else:
-                    sr = runner(method, lr, set_name, stem)
+                    saved = out / set_name / kind / "realesrgan" / f"{stem}.png"
+                    stage1 = Image.open(saved).convert("RGB") if saved.is_file() else None
+                    sr = runner(method, lr, set_name, stem, stage1)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     sr.save(path)
                 scores = scorer.score(sr, lr=lr, hr=hr)

@@ -136,6 +136,8 @@ def train(stage, cfg: LoopConfig) -> dict:
             running = {}
         if time.time() - last_save > cfg.save_every_minutes * 60:
             accelerator.save_state(str(state_dir))
+            if accelerator.is_main_process:
+                _save_snapshot(stage, accelerator.unwrap_model(model), ema, cfg)
             last_save = time.time()
 
     accelerator.wait_for_everyone()
@@ -161,6 +163,16 @@ def train(stage, cfg: LoopConfig) -> dict:
         accelerator.print(json.dumps(summary))
     accelerator.end_training()
     return summary
+
+
+def _save_snapshot(stage, model, ema, cfg: LoopConfig) -> None:
+    """The weights so far (EMA when on), saved as the final ones would be, so a run can be scored mid-way."""
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    stage.save(model, cfg.out, np.random.default_rng(cfg.seed + 12345))
+    if ema is not None:
+        ema.restore(model.parameters())
 
 
 def to_device(batch, device):

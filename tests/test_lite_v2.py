@@ -1,0 +1,127 @@
+"""lite v2: lossless latent space, k-means tokenizer, stage 1 + residual diffusion, trained modalities."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from PIL import Image
+
+from mmsr import MODALITIES, MMSRPipeline
+from mmsr.autoencoder import PixelShuffleAutoencoder
+from mmsr.presets import FEW_STEP_SCHEDULER_CONFIG, PRESETS, _unet_config, build_components, load_pipeline
+from mmsr.tokenizer import ModalityTokenizer, PatchCodebook
+
+
+def test_pixel_shuffle_autoencoder_is_lossless_and_orthonormal():
+    vae = PixelShuffleAutoencoder(patch_size=8)
+    x = torch.rand(2, 3, 32, 48) * 2 - 1
+    z = vae.encode(x).latent_dist.mode()
+    assert z.shape == (2, 192, 4, 6)
+    assert torch.equal(vae.decode(z).sample, x)
+    assert torch.isclose(z.pow(2).sum(), x.pow(2).sum())  # an MSE in latents is an MSE in pixels
+
+
+def test_patch_codebook_fits_uses_its_codes_and_reconstructs_its_maps():
+    gen = torch.Generator().manual_seed(0)
+    # 4 distinct map patterns: k-means with 4 codes must recover each one exactly
+    patterns = torch.rand(4, 3, 16, 16, generator=gen).round() * 2 - 1
+    grid = patterns[torch.randint(0, 4, (2, 16, 16), generator=gen)]  # (2, 16, 16, 3, 16, 16)
+    maps = grid.permute(0, 3, 1, 4, 2, 5).reshape(2, 3, 256, 256)
+    codebook = PatchCodebook(num_vq_embeddings=4, patch_size=16, pool=16)
+    features = codebook.encode(maps).latents
+    assert features.shape == (2, 768, 16, 16)
+    report = codebook.fit(features.flatten(2).transpose(1, 2).reshape(-1, 768), seed=0)
+    assert report["codes_used"] == 4 and report["mse"] < 1e-10
+    quantized, _, (_, _, idx) = codebook.quantize(features)
+    assert idx.shape == (2 * 256,)
+    assert torch.allclose(codebook.decode(quantized), maps)
+    tokens = ModalityTokenizer(codebook, text_dim=1024)(maps)
+    assert tokens.shape == (2, 256, 1024) and torch.all(tokens[..., 768:] == 0)
+
+
+def test_few_step_schedule_ends_on_the_clean_sample():
+    scheduler = DDIMScheduler(**FEW_STEP_SCHEDULER_CONFIG)
+    scheduler.set_timesteps(4)
+    assert scheduler.timesteps.tolist() == [999, 749, 499, 249]
+    assert scheduler.alphas_cumprod[-1] < 1e-6  # zero terminal SNR: the chain starts from pure noise
+
+
+def residual_pipe(**config):
+    """tiny-random with lite's parts: a lossless f2 pixel-unshuffle (12 channels) and the few-step schedule."""
+    parts = build_components("tiny-random")
+    parts["vae"] = PixelShuffleAutoencoder(patch_size=2)
+    parts["unet"] = UNet2DConditionModel(
+        **_unet_config((16, 32), cross_dim=32, head_dim=4, groups=8, layers=1, latent=12)
+    )
+    parts["scheduler"] = DDIMScheduler(**FEW_STEP_SCHEDULER_CONFIG)
+    torch.nn.init.zeros_(parts["unet"].conv_out.weight)
+    torch.nn.init.zeros_(parts["unet"].conv_out.bias)
+    pipe = MMSRPipeline(**parts, **config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_an_untrained_residual_model_returns_the_stage1_image_exactly():
+    pipe = residual_pipe(stage1="realesrgan-x4plus", residual=True)
+    lr = torch.rand(1, 3, 12, 20)
+    stage1 = (torch.rand(1, 3, 48, 80) * 255).round() / 255
+    out = pipe(lr, "a cat", stage1=stage1, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 3, 48, 80)
+    assert (out.images - stage1).abs().max() < 1e-6
+    assert "stage1" not in out.timings  # a precomputed stage 1 is not run again
+
+
+def test_pipeline_config_round_trips_and_lite_declares_it(tmp_path):
+    pipe = residual_pipe(stage1="realesrgan-x4plus", residual=True, trained_modalities=["edges"])
+    pipe.save_pretrained(tmp_path)
+    again = MMSRPipeline.from_pretrained(tmp_path, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    assert again.config.stage1 == "realesrgan-x4plus" and again.config.residual
+    assert list(again.config.trained_modalities) == ["edges"]
+    assert PRESETS["lite"].pipeline["stage1"] == "realesrgan-x4plus"
+    assert PRESETS["full"].pipeline == {}  # full keeps the paper's bicubic LR condition
+    with pytest.raises(ValueError, match="unknown stage1"):
+        residual_pipe(stage1="waifu2x")
+
+
+def test_untrained_modalities_are_m0_in_the_pipeline():
+    pipe = residual_pipe(trained_modalities=["edges"])
+    lr = torch.rand(1, 3, 16, 16)
+    maps = {name: torch.rand(1, 3, 256, 256) for name in MODALITIES}
+    kw = dict(num_inference_steps=2, guidance_scale=0)
+    gen = torch.Generator
+
+    with_depth = pipe(lr, "x", maps=maps, generator=gen().manual_seed(0), **kw).images
+    without = pipe(lr, "x", maps={"edges": maps["edges"]}, generator=gen().manual_seed(0), **kw).images
+    assert torch.equal(with_depth, without)
+
+
+def test_engine_says_when_the_checkpoint_never_learned_a_modality():
+    from mmsr.engine import Engine
+    from mmsr.settings import UpscaleSettings
+
+    pipe = load_pipeline("tiny-random")
+    pipe.register_to_config(trained_modalities=["edges"])
+    try:
+        engine = Engine(pipe, "tiny-random")
+        lr = Image.fromarray((np.random.default_rng(0).random((24, 24, 3)) * 255).astype(np.uint8))
+        depth = Image.fromarray(np.full((24, 24, 3), 128, np.uint8))
+        result = engine.upscale(lr, UpscaleSettings(steps=1, auto_caption=False), user_maps={"depth": depth})
+        assert not result.modalities["depth"].available
+        assert "not trained with depth" in result.modalities["depth"].reason
+        assert any("not trained with depth" in w for w in result.warnings)
+        assert result.modalities["edges"].available
+    finally:
+        pipe.register_to_config(trained_modalities=list(MODALITIES))
+
+
+def test_engine_caches_stage1_and_it_doubles_as_the_realesrgan_column():
+    from mmsr.engine import Engine
+
+    pipe = residual_pipe(stage1="realesrgan-x4plus", residual=True)
+    engine = Engine(pipe, "tiny-random")
+    lr = Image.new("RGB", (8, 8), (10, 200, 30))
+    known = Image.new("RGB", (32, 32), (1, 2, 3))
+    engine.remember_stage1(lr, known)
+    assert engine.stage1(lr) is engine.stage1(lr)
+    assert np.array_equal(np.asarray(engine.baseline_from_stage1("realesrgan", lr)), np.asarray(known))
+    assert engine.baseline_from_stage1("bicubic", lr) is None
