@@ -18,7 +18,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from einops import rearrange
 from torch import nn
 
-MAP_SIZE = 256
+from .constants import MAP_SIZE
 
 
 class NearestCodebook(nn.Module):

@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..constants import IMAGE_SUFFIXES
 from ..modalities.depth import render_depth
 from ..modalities.edges import canny_edges, render_edges
 from ..modalities.palette import render_label_map
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
 @dataclass
