@@ -156,7 +156,34 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
+SHEET_EXAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
+SHEET_METHODS = ("bicubic", "realesrgan", "twin", "mmsr")
+
+
+def contact_sheet(runner: Runner, path: Path, lr_side: int = 64) -> None:
+    """One row per ``skimage.data`` example (a centre crop, bicubic /4 to ``lr_side``), one column per method."""
+    from skimage import data as examples
+
+    rows = []
+    for name in SHEET_EXAMPLES:
+        image = Image.fromarray(getattr(examples, name)()).convert("RGB")
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        lr = image.crop((left, top, left + side, top + side)).resize((lr_side, lr_side), Image.BICUBIC)
+        stage1 = runner("realesrgan", lr, "skimage", name)
+        rows.append([np.asarray(runner(m, lr, "skimage", name, stage1)) for m in SHEET_METHODS])
+    sheet = np.concatenate([np.concatenate(row, axis=1) for row in rows], axis=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(path)
+    print(f"contact sheet ({' | '.join(SHEET_METHODS)}) written to {path}")
+
+
 def main(args: argparse.Namespace) -> None:
+    if getattr(args, "contact_sheet", None):
+        from ..presets import CHECKPOINTS
+
+        contact_sheet(Runner(args.data, CHECKPOINTS), args.contact_sheet)
+        return
     out = args.out or Path("runs/eval")
     methods = [m for m in (args.methods.split(",") if args.methods else METHODS) if m]
     unknown = set(methods) - set(METHODS)
@@ -170,6 +197,29 @@ def main(args: argparse.Namespace) -> None:
     (out / f"{stem}.json").write_text(json.dumps(table, indent=2))
     (out / f"{stem}.md").write_text(markdown(table))
     print(markdown(table))
+
+
+# Issue gates of lite v2 against Real-ESRGAN x4plus: (metric, allowed margin, higher is better).
+GATES = (("psnr", -0.2, True), ("ssim", -0.01, True), ("lr_psnr", 0.0, True), ("niqe", 0.2, False))
+
+
+def gate_rows(table: dict, method: str = "mmsr", reference: str = "realesrgan") -> list[str]:
+    """Markdown rows: ``method`` minus ``reference`` per set, LR kind and metric, and whether each gate holds."""
+    lines = ["| set | LR | " + " | ".join(f"{m} (gate)" for m, _, _ in GATES) + " |", "|---" * (len(GATES) + 2) + "|"]
+    for set_name, kinds in table.items():
+        for kind, methods in kinds.items():
+            if method not in methods or reference not in methods:
+                continue
+            cells = []
+            for metric, margin, higher in GATES:
+                if metric not in methods[method]:
+                    cells.append("-")
+                    continue
+                delta = methods[method][metric][0] - methods[reference][metric][0]
+                ok = delta >= margin if higher else delta <= margin
+                cells.append(f"{delta:+.3f} ({'pass' if ok else 'FAIL'})")
+            lines.append(f"| {set_name} | {kind} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def merge(files: list[Path]) -> dict:
