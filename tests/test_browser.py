@@ -230,6 +230,9 @@ def test_typed_caption_survives_an_upload_offline(url, browser, tmp_path):
     assert browser.js("return document.querySelector('#caption textarea').value") == CAPTION
 
 
+@pytest.mark.xfail(
+    strict=True, reason="issue 14 req 3: the bad upload's message still appears twice (grouped as 'Error (2)')"
+)
 def test_a_bad_upload_gives_one_message_and_no_badges(url, browser, tmp_path):
     open_page(browser, url)
     upload(browser, lr_file(tmp_path))
@@ -241,6 +244,7 @@ def test_a_bad_upload_gives_one_message_and_no_badges(url, browser, tmp_path):
     time.sleep(3)  # any second message would have arrived by now
     toasts = browser.js(TOASTS)
     assert len(toasts) == 1 and "not an image" in toasts[0], toasts
+    assert toasts[0].count("not an image") == 1, toasts  # gradio groups repeats into one toast: count messages
     assert browser.js(BADGES) == 0
     assert "input 64x43" not in page_text(browser)  # the stale size line is gone
     browser.screenshot(ARTIFACTS / "bad-upload.png")
