@@ -6,6 +6,7 @@ import pytest
 
 from mmsr import bench
 from mmsr.cli import run as cli
+from mmsr.presets import get_preset
 
 STAGES = {
     "extract_depth", "extract_seg", "extract_edges", "text_encoder", "tokenizer", "connector",
@@ -71,7 +72,7 @@ def test_text_report_names_every_section(report):
 
 
 def test_targets_compare_only_matching_runs():
-    meta = {"preset": "lite", "device_kind": "cpu", "steps": 20}
+    meta = {"preset": "lite", "device_kind": "cpu", "steps": get_preset("lite").default_steps}
     result = {"size": 512, "e2e": {"median": 30.0}, "e2e_offline": 7.5, "peak_memory": {}}
     rows = {t["key"]: t for t in bench.check_targets(meta, [result])}
     lite = rows["lite_cpu_512_e2e"]
