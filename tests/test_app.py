@@ -478,6 +478,19 @@ def test_lab_section_opens_only_result_folders_under_its_root(tmp_path):
     assert open_report("set5", tmp_path).startswith("#")  # an empty run still gets a report page
 
 
+def test_lab_section_does_not_offer_a_symlink_out_of_its_root(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "results.csv").write_text("id\n")
+    root = tmp_path / "runs"
+    root.mkdir()
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    assert list(lab_folders(root)) == [EXAMPLE_NAME]
+    with pytest.raises(ValueError, match="no lab results"):
+        open_report("escape", root)
+    assert sorted(p.name for p in outside.iterdir()) == ["results.csv"]  # nothing written outside
+
+
 def test_the_shipped_lab_report_opens_first_with_its_plots_inline(demo):
     assert demo.ui["lab_folder"].value == EXAMPLE_NAME
     markdown = demo.ui["lab_report"].value

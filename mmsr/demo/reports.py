@@ -25,14 +25,14 @@ HOW_TO = (
 
 
 def lab_folders(root: Path | None) -> dict[str, Path]:
-    """``{name: folder}``: the example report first, then result folders under ``root`` (depth ≤ 2)."""
+    """``{name: folder}``: the example report first, then the result folders under ``root``."""
+    from ..lab.report import results_folders
+
     found = {EXAMPLE_NAME: EXAMPLE_REPORT} if (EXAMPLE_REPORT / "results.csv").is_file() else {}
     if root is None or not root.is_dir():
         return found
-    for pattern in ("results.csv", "*/results.csv", "*/*/results.csv"):
-        for path in sorted(root.glob(pattern)):
-            found[str(path.parent.relative_to(root)) or "."] = path.parent
-    return found
+    # Real paths only, and none that a symlink takes out of ``root``.
+    return found | results_folders(root)
 
 
 def inline_images(markdown: str, *folders: Path) -> str:
