@@ -566,9 +566,10 @@ def paper_reference(meta: dict, results: list[dict]) -> list[dict]:
 
 STAGE_ORDER = (
     "extract_caption", "extract_depth", "extract_seg", "extract_edges", "text_encoder", "tokenizer", "connector",
-    "vae_encode", "unet", "unet_step", "vae_decode", "pipeline", "e2e_offline", "e2e",
+    "stage1", "vae_encode", "unet", "unet_step", "vae_decode", "pipeline", "e2e_offline", "e2e",
 )  # fmt: skip
 STAGE_LABELS = {
+    "stage1": "stage 1 (Real-ESRGAN x4plus)",
     "unet": "UNet, all steps",
     "unet_step": "UNet step (mean)",
     "pipeline": "pipeline total",
