@@ -94,6 +94,21 @@ def test_unet_batch_shapes_and_dropout_rates(tiny_data, tmp_path):
     assert tb["tokens"] == [None, None, None] and not tb["keep"].any()
 
 
+def test_sampler_weight_puts_that_fraction_of_timesteps_on_the_sampler_steps(tiny_data, tmp_path):
+    stage = _stage(tiny_data, tmp_path, "--stage", "unet", "--sampler-weight", "0.5")
+    own = set(stage.sampler_timesteps.tolist())  # tiny-random: its default steps and strength
+    assert own and len(own) < stage.noise_scheduler.config.num_train_timesteps
+    t = stage.timesteps(20000, torch.Generator().manual_seed(0), "cpu")
+    share = np.isin(t.numpy(), list(own)).mean()
+    uniform = len(own) / stage.noise_scheduler.config.num_train_timesteps
+    assert abs(share - (0.5 + 0.5 * uniform)) < 0.02
+    plain = _stage(tiny_data, tmp_path, "--stage", "unet", "--sampler-weight", "0")
+    share = np.isin(plain.timesteps(20000, torch.Generator().manual_seed(0), "cpu").numpy(), list(own)).mean()
+    assert abs(share - uniform) < 0.01
+    with pytest.raises(ValueError, match="sampler_weight"):
+        _stage(tiny_data, tmp_path, "--stage", "unet", "--sampler-weight", "1.5")
+
+
 def test_one_step_changes_weights_with_finite_loss(tiny_data, tmp_path):
     stage = _stage(tiny_data, tmp_path, "--stage", "unet")
     before = {k: v.clone() for k, v in stage.model.state_dict().items()}

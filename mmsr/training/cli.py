@@ -48,6 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=Path("runs/stage1"),
         help="unet stage of a preset with a stage 1: the folder `python -m mmsr.training.stage1` wrote",
     )
+    p.add_argument(
+        "--sampler-weight",
+        type=float,
+        default=0.5,
+        help="unet stage: fraction of each batch drawn at the timesteps the preset's default sampler visits",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--fp16-weights", action="store_true", help="store the saved weights in float16 (smaller repo)")
     p.add_argument("--evaluate", action="store_true", help="score checkpoints instead (see mmsr.training.evaluate)")
@@ -65,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_stage(args: argparse.Namespace):
     """The stage object :func:`mmsr.training.loop.train` runs."""
-    from ..presets import build_components
+    from ..presets import build_components, get_preset
     from .data import ImageBank
 
     components = build_components(args.preset, seed=args.seed)
@@ -97,6 +103,9 @@ def build_stage(args: argparse.Namespace):
             ema=not args.no_ema,
             fp16_weights=args.fp16_weights,
             stage1_dir=args.stage1_dir,
+            sampler_steps=get_preset(args.preset).default_steps,
+            sampler_strength=get_preset(args.preset).default_strength,
+            sampler_weight=args.sampler_weight,
         )
     if args.gradient_checkpointing:
         for module in stage.model.modules():

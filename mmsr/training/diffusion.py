@@ -18,6 +18,11 @@ Everything frozen runs once, before training, over whole photos (the *cache*):
 A training sample is then a random window of those grids: no encoder runs in the loop, which is
 what makes training on two CPU cores possible. With ``residual`` the target is
 ``scaling_factor * (HR latent - condition latent)``, so a zero output returns the condition image.
+
+Timesteps: a fraction ``sampler_weight`` of each batch is drawn from the timesteps the preset's
+sampler actually visits (``lite``: one trailing step, ``t = 999``, pure noise), the rest uniformly
+from all of them, as few-step samplers are trained (ResShift trains only on its 15 steps). Uniform
+sampling alone puts 0.1% of the updates on the one step ``lite`` runs.
 """
 
 from __future__ import annotations
@@ -141,6 +146,9 @@ class UNetStage:
         caption_dropout: float = 0.1,
         fp16_weights: bool = False,
         stage1_dir: Path | None = None,
+        sampler_steps: int | None = None,
+        sampler_strength: float = 1.0,
+        sampler_weight: float = 0.0,
     ):
         if crop % 8 or 256 % crop:
             raise ValueError(f"--crop must be a multiple of 8 that divides 256 (64, 128, 256), got {crop}")
@@ -152,6 +160,10 @@ class UNetStage:
             self.pipe.register_to_config(trained_modalities=[])
         self.model = SRDenoiser(components["unet"], components["connector"], components["condition_embedding"]).train()
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
+        if not 0 <= sampler_weight <= 1:
+            raise ValueError(f"sampler_weight must lie in [0, 1], got {sampler_weight}")
+        self.sampler_weight = sampler_weight
+        self.sampler_timesteps = self.pipe.get_timesteps(sampler_steps, sampler_strength, "cpu") if sampler_steps else None
         self.bank, self.window = bank, crop // self.pipe.vae_scale_factor
         self.text_only, self.cache, self.lr_variants, self.seed = text_only, cache, lr_variants, seed
         self.stage1_dir = stage1_dir
@@ -285,6 +297,16 @@ class UNetStage:
             "noise_seed": int(rng.integers(0, 2**31)),
         }
 
+    def timesteps(self, n: int, gen: torch.Generator, device) -> torch.Tensor:
+        """Uniform timesteps, a ``sampler_weight`` fraction of them replaced by the sampler's own."""
+        t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,), generator=gen, device=device)
+        if self.sampler_timesteps is None or self.sampler_weight == 0:
+            return t
+        pick = torch.rand(n, generator=gen, device=device) < self.sampler_weight
+        own = self.sampler_timesteps.to(device)
+        own = own[torch.randint(0, len(own), (n,), generator=gen, device=device)]
+        return torch.where(pick, own.to(t.dtype), t)
+
     def target(self, batch: dict) -> torch.Tensor:
         """The clean latent the diffusion generates: the scaled residual over the condition, or the HR latent."""
         return (batch["hr"] - batch["lr"]) * self.scale if self.pipe.config.residual else batch["hr"]
@@ -294,9 +316,7 @@ class UNetStage:
         x0 = self.target(batch)
         gen = torch.Generator(device).manual_seed(batch["noise_seed"])
         noise = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype)
-        t = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen, device=device
-        )
+        t = self.timesteps(x0.shape[0], gen, device)
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         text = self.text[batch["caption"].to(self.text.device)].to(device)
         pred = model(torch.cat([noisy, batch["lr"]], dim=1), t, text, batch["tokens"], batch["keep"])
