@@ -361,11 +361,17 @@ def _preset_and_notice() -> tuple[str, str]:
 
 def load_engine() -> tuple:
     """``(engine, checkpoint, notice)`` for the configured preset; an unusable one falls back to tiny-random."""
-    from mmsr.engine import Engine
+    from mmsr.engine import Engine, check_device
     from mmsr.presets import PresetUnavailable, checkpoint_dir
 
     preset, notice = _preset_and_notice()
     device = os.environ.get("MMSR_DEVICE") or None
+    if device:
+        try:
+            check_device(device)
+        except ValueError as e:
+            notice = " ".join(filter(None, [notice, f"MMSR_DEVICE ignored ({e}); using the default device."]))
+            device = None
     checkpoint = os.environ.get("MMSR_CHECKPOINT") or (str(checkpoint_dir("lite")) if preset == "lite" else None)
     try:
         engine = Engine.load(preset, checkpoint=checkpoint, device=device)

@@ -58,12 +58,15 @@ TARGETS = tuple(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .cli import device_arg
     from .presets import PRESETS
 
     p.add_argument("--preset", default="lite", choices=list(PRESETS))
     p.add_argument("--checkpoint", help="MMSR checkpoint (full; lite: overrides checkpoints/lite)")
     p.add_argument("--random-weights", action="store_true", help="time the preset's architecture without its weights")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present; bf16/fp16 on GPU)")
+    p.add_argument(
+        "--device", type=device_arg, help="cpu, cuda, cuda:1 ... (default: cuda when present; bf16/fp16 on GPU)"
+    )
     p.add_argument("--size", type=int, nargs="+", default=[512], help="output sides in pixels (LR = size / 4)")
     p.add_argument("--steps", type=int, help="denoising steps (default: the preset's)")
     p.add_argument("--runs", type=int, default=3, help="measured runs per size (the median is reported)")

@@ -40,24 +40,12 @@ class Parser(argparse.ArgumentParser):
 
 def device_arg(text: str) -> str:
     """``--device``: a torch device this machine has (an argparse ``type``, so a bad one is one line)."""
-    import torch
+    from .engine import check_device
 
     try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise argparse.ArgumentTypeError(f"{text!r}: no CUDA GPU is visible here; use --device cpu")
-        if device.index is not None and device.index >= count:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
-            )
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here; use --device cpu")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise argparse.ArgumentTypeError(f"{text!r}: not supported; use cpu, cuda, cuda:N or mps")
+        check_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
 

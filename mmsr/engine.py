@@ -28,9 +28,29 @@ from .settings import UpscaleSettings
 MAX_LR_SIDE = 512
 
 
+def check_device(text: str) -> torch.device:
+    """``text`` as a torch device this machine has; a ``ValueError`` that says which ones it has."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {text!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"{text!r}: no CUDA GPU is visible here; use cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{text!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{text!r}: MPS is not available here; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{text!r}: not supported; use cpu, cuda, cuda:N or mps")
+    return device
+
+
 def pick_device(device: str | None = None) -> tuple[torch.device, torch.dtype]:
-    """``cuda`` in bf16 (fp16 where bf16 is missing) when present, else CPU in fp32."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """``cuda`` in bf16 (fp16 where bf16 is missing) when present, else CPU in fp32; a device this
+    machine lacks is a ``ValueError`` (:func:`check_device`)."""
+    device = check_device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda":
         return device, torch.float32
     return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -357,6 +357,13 @@ def test_an_unusable_preset_falls_back_with_a_notice(monkeypatch, tmp_path):
     assert "Preset 'lite' is unavailable" in notice and "lite checkpoint incomplete" in notice
 
 
+def test_an_unusable_mmsr_device_is_a_notice_not_a_traceback(monkeypatch):
+    monkeypatch.setenv("MMSR_PRESET", "tiny-random")
+    monkeypatch.setenv("MMSR_DEVICE", "bogus")
+    engine, _, notice = app.load_engine()
+    assert engine.pipeline.device.type in ("cpu", "cuda") and "MMSR_DEVICE ignored" in notice and "bogus" in notice
+
+
 @pytest.mark.slow
 def test_python_app_py_starts_offline_and_serves(tmp_path):
     port = free_port()

@@ -868,16 +868,26 @@ def run_cli(argv: list[str]) -> int:
 
 
 @pytest.mark.parametrize("device", ["bogus", "cuda:99", "meta", *([] if torch.cuda.is_available() else ["cuda"])])
-@pytest.mark.parametrize("command", ["upscale", "lab"])
+@pytest.mark.parametrize("command", ["upscale", "lab", "bench"])
 def test_an_unusable_device_is_one_line(upscale, tmp_path, capsys, device, command):
     source = tmp_path / "in.png"
     source.write_bytes(encoded(noise()))
     argv = ["upscale", str(source), "-o", str(tmp_path / "o.png")]
     if command == "lab":
         argv = ["lab", "run", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    if command == "bench":
+        argv = ["bench", "--preset", "tiny-random"]
     result = (run_cli([*argv, "--device", device]), *capsys.readouterr())
     assert_user_error(result, "device|GPU")
     assert "see `python -m mmsr" in result[2]
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:99"])
+def test_engine_refuses_an_unusable_device_by_name(device):
+    from mmsr.engine import pick_device
+
+    with pytest.raises(ValueError, match=device):
+        pick_device(device)
 
 
 @pytest.mark.parametrize(
