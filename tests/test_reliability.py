@@ -714,9 +714,10 @@ def test_app_refuses_bad_files_with_a_clear_error(lab, tmp_path, name, data, mat
     path = tmp_path / name
     path.write_bytes(data)
     start = time.perf_counter()
-    with pytest.raises(DemoError, match=match):
+    with pytest.raises(DemoError, match=match) as caught:
         lab.load_lr(str(path))
     assert time.perf_counter() - start < 2.0
+    assert str(tmp_path) not in str(caught.value)  # the upload's server folder never reaches the visitor
 
 
 def test_app_reads_odd_images_like_the_cli(lab, tmp_path):

@@ -60,6 +60,11 @@ class Control:
     note: str = ""
 
 
+def upload_name(upload) -> str | None:
+    """What a message calls an upload: its file name, never the server path Gradio stored it under."""
+    return Path(upload).name if isinstance(upload, (str, Path)) else None
+
+
 def _settings(controls: dict) -> UpscaleSettings:
     """``UpscaleSettings`` from the page's field values; unset fields keep the settings' defaults."""
     names = {"caption": "caption", "negative": "negative_prompt", "cfg_mode": "cfg_mode", "guidance": "guidance"}
@@ -140,7 +145,7 @@ class Demo:
         if image is None:
             raise DemoError("Upload an image first (or pick an example).")
         try:
-            lr, notes = load_image(image)
+            lr, notes = load_image(image, name=upload_name(image))
             if downscale and max(lr.size) > self.max_side:
                 notes.append(f"downscaled from {lr.width}x{lr.height} to fit {self.max_side} px")
                 lr = downscale_to_fit(lr, self.max_side)
@@ -163,7 +168,7 @@ class Demo:
         if not path:
             return None
         try:
-            return load_image(path)[0]
+            return load_image(path, name=upload_name(path))[0]
         except ImageError as e:
             raise DemoError(f"your {name} map: {e}") from e
 
