@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 import gradio as gr
+from gradio.exceptions import InvalidPathError
 from PIL import Image, UnidentifiedImageError
 
 from mmsr.compare import TEXT_ONLY
@@ -311,7 +312,29 @@ def build_demo(engine, scorer=None, baselines=None, **options) -> gr.Blocks:
         _wire_run(ui, demo)
         _wire_lab(ui)
     page.lab, page.ui = demo, ui
+    refuse_foreign_files(page)
     return page
+
+
+FOREIGN_FILE = "That file did not come through this page's upload. Upload it again."
+
+
+def refuse_foreign_files(page: gr.Blocks) -> None:
+    """A payload naming a file this page never received is one clear ``gr.Error``.
+
+    Gradio refuses such a ``FileData`` (an API client pointing at a server path) with an
+    ``InvalidPathError`` whose text holds the absolute path; it is raised before any handler runs,
+    so it is turned into the visitor's message here, on the instance (as with :func:`upload_image`).
+    """
+    preprocess = page.preprocess_data
+
+    async def checked(*args, **kwargs):
+        try:
+            return await preprocess(*args, **kwargs)
+        except InvalidPathError:
+            raise gr.Error(FOREIGN_FILE) from None
+
+    page.preprocess_data = checked
 
 
 def upload_image(**kwargs) -> gr.Image:

@@ -474,6 +474,21 @@ def test_client_gets_a_clear_error_for_undecodable_uploads(served, lr_path, tmp_
     assert out[-1].startswith("input 40x28")
 
 
+@pytest.mark.slow
+def test_a_payload_naming_a_server_file_gets_one_message_without_the_path(served):
+    import httpx
+
+    config = httpx.get(served.rstrip("/") + "/config").json()
+    (prepare,) = [d for d in config["dependencies"] if d.get("api_name") == "prepare"]
+    base = served.rstrip("/") + "/gradio_api/call/prepare"
+    payload = {"path": str(Path(app.__file__).resolve()), "meta": {"_type": "gradio.FileData"}}
+    data = [payload] + [None] * (len(prepare["inputs"]) - 1)
+    event = httpx.post(base, json={"data": data}).json()["event_id"]
+    stream = httpx.get(f"{base}/{event}", timeout=60).text
+    assert "event: error" in stream and app.FOREIGN_FILE in stream
+    assert str(Path(app.__file__).resolve().parent) not in stream and "Cannot move" not in stream
+
+
 def test_lab_section_opens_only_result_folders_under_its_root(tmp_path):
     (tmp_path / "set5").mkdir()
     (tmp_path / "set5" / "results.csv").write_text("id\n")
