@@ -52,6 +52,8 @@ def _args(tiny_data: Path, out: Path, *extra: str):
             "64",
             "--batch-size",
             "4",
+            "--val-photos",
+            "1",
             *extra,
         ]
     )
@@ -119,6 +121,34 @@ def test_one_step_changes_weights_with_finite_loss(tiny_data, tmp_path):
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert any("null_token" in k for k in changed) and any("unet" in k for k in changed)
     assert (tmp_path / "loss.png").is_file()
+
+
+def test_validation_holds_photos_out_and_keeps_the_best_snapshot(tiny_data, tmp_path):
+    from accelerate import Accelerator
+
+    stage = _stage(tiny_data, tmp_path, "--stage", "unet")
+    stage.prepare(Accelerator(cpu=True), tmp_path)
+    assert len(stage.val_ids) == 1 and len(stage.train_ids) == 2
+    drawn = {id(stage.photos[i]) for i in stage.train_ids}
+    held = stage.photos[int(stage.val_ids[0])]
+    batch = stage.next_batch(64, np.random.default_rng(0))
+    assert not any(torch.equal(h, held.hr[:, : h.shape[1], : h.shape[2]].float()) for h in batch["hr"])
+    assert len(drawn) == 2
+    scores = stage.validate(stage.model)
+    assert set(scores) == {"val", "val_nocap"} and all(np.isfinite(v) for v in scores.values())
+    assert stage.validate(stage.model) == scores  # fixed crops, noise and timesteps
+
+    train(stage, LoopConfig(out=tmp_path, batch_size=2, max_steps=1))
+    best = json.loads((tmp_path / "best.json").read_text())
+    weights = tmp_path / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
+    saved = weights.read_bytes()
+    (tmp_path / "best.json").write_text(json.dumps({**best, "val": -1.0}))  # pretend an unbeatable snapshot
+    train(stage, LoopConfig(out=tmp_path, batch_size=2, max_steps=3, resume=True))
+    assert weights.read_bytes() == saved  # a worse snapshot never replaces the best
+    validations = [json.loads(l)["validation"] for l in (tmp_path / "log.jsonl").read_text().splitlines() if "validation" in l]
+    assert [v["step"] for v in validations] == [1, 3]
+    with pytest.raises(ValueError, match="val-photos"):
+        stage.split(3)
 
 
 def test_resume_continues_the_step_count(tiny_data, tmp_path):
@@ -211,6 +241,8 @@ def test_two_process_gloo_run(tiny_data, tmp_path):
         str(tiny_data),
         "--out",
         str(out),
+        "--val-photos",
+        "1",
     ]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]

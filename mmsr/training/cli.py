@@ -54,6 +54,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0.5,
         help="unet stage: fraction of each batch drawn at the timesteps the preset's default sampler visits",
     )
+    p.add_argument(
+        "--val-photos",
+        type=int,
+        default=32,
+        help="unet stage: photos held out of training; every snapshot is scored on them and the best is kept",
+    )
+    p.add_argument("--save-every", type=float, default=10.0, help="minutes between snapshots (and validations)")
+    p.add_argument("--caption-dropout", type=float, default=0.1, help="unet stage: fraction of empty captions")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--fp16-weights", action="store_true", help="store the saved weights in float16 (smaller repo)")
     p.add_argument("--evaluate", action="store_true", help="score checkpoints instead (see mmsr.training.evaluate)")
@@ -106,6 +114,8 @@ def build_stage(args: argparse.Namespace):
             sampler_steps=get_preset(args.preset).default_steps,
             sampler_strength=get_preset(args.preset).default_strength,
             sampler_weight=args.sampler_weight,
+            val_photos=args.val_photos,
+            caption_dropout=args.caption_dropout,
         )
     if args.gradient_checkpointing:
         for module in stage.model.modules():
@@ -191,5 +201,6 @@ def main(args: argparse.Namespace) -> None:
         mixed_precision=args.mixed_precision,
         grad_accum=args.grad_accum,
         resume=args.resume,
+        save_every_minutes=args.save_every,
     )
     train(stage, cfg)

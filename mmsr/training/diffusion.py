@@ -47,6 +47,7 @@ from ..pipeline import MMSRPipeline
 from ..tokenizer import PatchCodebook
 from . import stage1 as stage1_cache
 from .data import ImageBank, to_tensor
+from .loop import to_device
 
 TOKENS = 16  # a 256 px map -> 16x16 tokens
 SEG, EDGES = MODALITIES.index("seg"), MODALITIES.index("edges")
@@ -149,6 +150,7 @@ class UNetStage:
         sampler_steps: int | None = None,
         sampler_strength: float = 1.0,
         sampler_weight: float = 0.0,
+        val_photos: int = 0,
     ):
         if crop % 8 or 256 % crop:
             raise ValueError(f"--crop must be a multiple of 8 that divides 256 (64, 128, 256), got {crop}")
@@ -170,6 +172,8 @@ class UNetStage:
         self.ema, self.fp16_weights = ema, fp16_weights
         self.modality_dropout, self.caption_dropout = modality_dropout, caption_dropout
         self.photos: list[PhotoLatents] = []
+        self.val_photos = val_photos
+        self.train_ids = self.val_ids = np.zeros(0, dtype=int)
         self.text: torch.Tensor | None = None
         self.scale = 1.0  # residual scaling factor (set from the cache)
 
@@ -187,6 +191,7 @@ class UNetStage:
         with torch.serialization.safe_globals([PhotoLatents]):  # our own cache, and still no arbitrary unpickling
             data = torch.load(path, weights_only=True)
         self.photos, self.text = data["photos"], data["text"].to(accelerator.device)
+        self.split(self.val_photos)
         self.empty_caption = data["captions"].index("")
         if data.get("codebook") is not None:
             self.pipe.vqmodel.quantize.embedding.weight.data.copy_(data["codebook"])
@@ -267,14 +272,24 @@ class UNetStage:
 
     def next_batch(self, batch_size: int, rng: np.random.Generator) -> dict:
         w = self.window
-        r = TOKENS // w  # token rows per latent row
-        hr, lr, tokens, captions, keep = [], [], [[], []], [], []
-        codebook = self.pipe.vqmodel.quantize.embedding.weight
-        for i in rng.integers(0, len(self.photos), size=batch_size):
+        crops = []
+        for i in rng.choice(self.train_ids, size=batch_size):
             p = self.photos[i]
             h, wd = p.hr.shape[-2:]
             y, x = int(rng.integers(0, h - w + 1)), int(rng.integers(0, wd - w + 1))
             v = int(rng.integers(0, len(p.lr)))
+            drop = rng.random(3) < self.modality_dropout
+            caption = self.empty_caption if rng.random() < self.caption_dropout else p.caption
+            crops.append((p, y, x, v, caption, (not drop[SEG], not drop[EDGES])))
+        return self.collate(crops, noise_seed=int(rng.integers(0, 2**31)))
+
+    def collate(self, crops: list, noise_seed: int) -> dict:
+        """A batch from ``(photo, y, x, lr_variant, caption, (keep_seg, keep_edges))`` latent-window crops."""
+        w = self.window
+        r = TOKENS // w  # token rows per latent row
+        hr, lr, tokens, captions, keep = [], [], [[], []], [], []
+        codebook = self.pipe.vqmodel.quantize.embedding.weight
+        for p, y, x, v, caption, (keep_seg, keep_edges) in crops:
             hr.append(p.hr[:, y : y + w, x : x + w].float())
             lr.append(p.lr[v, :, y : y + w, x : x + w].float())
             for j, idx in enumerate((p.seg, p.edges[v])):
@@ -283,9 +298,8 @@ class UNetStage:
                 else:
                     window = idx[y * r : y * r + TOKENS, x * r : x * r + TOKENS].long()
                 tokens[j].append(window.flatten())
-            drop = rng.random(3) < self.modality_dropout
-            keep.append([False, p.seg is not None and not drop[SEG], not drop[EDGES]])
-            captions.append(self.empty_caption if rng.random() < self.caption_dropout else p.caption)
+            keep.append([False, p.seg is not None and keep_seg, keep_edges])
+            captions.append(caption)
         dim = self.model.condition_embedding.config.dim
         seg_tok, edge_tok = (F.pad(codebook[torch.stack(t)], (0, dim - codebook.shape[1])) for t in tokens)
         return {
@@ -294,8 +308,50 @@ class UNetStage:
             "tokens": [None, None, None] if self.text_only else [None, seg_tok, edge_tok],
             "keep": torch.tensor(keep) & torch.tensor(not self.text_only),
             "caption": torch.tensor(captions),
-            "noise_seed": int(rng.integers(0, 2**31)),
+            "noise_seed": noise_seed,
         }
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def split(self, val_photos: int) -> None:
+        """Hold ``val_photos`` photos (drawn with the seed) out of every training batch."""
+        ids = np.random.default_rng(self.seed).permutation(len(self.photos))
+        if not 0 <= val_photos < len(ids):
+            raise ValueError(f"--val-photos must lie in [0, {len(ids) - 1}], got {val_photos}")
+        self.val_ids, self.train_ids = np.sort(ids[:val_photos]), np.sort(ids[val_photos:])
+
+    @torch.no_grad()
+    def validate(self, model) -> dict[str, float]:
+        """x0-MSE of held-out photos (centre crop, every LR version, all maps) at the sampler's timesteps.
+
+        ``val`` uses each photo's caption and ``val_nocap`` the empty one, so a model that memorises
+        training captions shows it here. Lower is better; 1.0 is "return stage 1".
+        """
+        if not len(self.val_ids):
+            return {}
+        w, device = self.window, next(model.parameters()).device
+        crops = {"val": [], "val_nocap": []}
+        for i in self.val_ids:
+            p = self.photos[i]
+            y, x = (p.hr.shape[-2] - w) // 2, (p.hr.shape[-1] - w) // 2
+            for v in range(len(p.lr)):
+                crops["val"].append((p, y, x, v, p.caption, (True, True)))
+                crops["val_nocap"].append((p, y, x, v, self.empty_caption, (True, True)))
+        was_training, out = model.training, {}
+        model.eval()
+        for name, rows in crops.items():
+            total = 0.0
+            for k in range(0, len(rows), 32):
+                batch = to_device(self.collate(rows[k : k + 32], noise_seed=k), device)
+                gen = torch.Generator(device).manual_seed(self.seed + k)
+                x0 = self.target(batch)
+                noise = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype)
+                own = self.sampler_timesteps if self.sampler_timesteps is not None else torch.tensor([999])
+                t = own[torch.arange(len(x0)) % len(own)].to(device)
+                total += float(self.loss_at(model, batch, x0, noise, t)) * len(x0)
+            out[name] = round(total / len(rows), 6)
+        model.train(was_training)
+        return out
 
     def timesteps(self, n: int, gen: torch.Generator, device) -> torch.Tensor:
         """Uniform timesteps, a ``sampler_weight`` fraction of them replaced by the sampler's own."""
@@ -317,8 +373,13 @@ class UNetStage:
         gen = torch.Generator(device).manual_seed(batch["noise_seed"])
         noise = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype)
         t = self.timesteps(x0.shape[0], gen, device)
+        mse = self.loss_at(model, batch, x0, noise, t)
+        return mse, {"mse": mse.item()}, None
+
+    def loss_at(self, model, batch: dict, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """MSE of the model's prediction (x0, v or eps, as the scheduler is configured) at timesteps ``t``."""
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
-        text = self.text[batch["caption"].to(self.text.device)].to(device)
+        text = self.text[batch["caption"].to(self.text.device)].to(x0.device)
         pred = model(torch.cat([noisy, batch["lr"]], dim=1), t, text, batch["tokens"], batch["keep"])
         kind = self.noise_scheduler.config.prediction_type
         if kind == "sample":
@@ -327,8 +388,7 @@ class UNetStage:
             target = self.noise_scheduler.get_velocity(x0, noise, t)
         else:
             target = noise
-        mse = F.mse_loss(pred.float(), target.float())
-        return mse, {"mse": mse.item()}, None
+        return F.mse_loss(pred.float(), target.float())
 
     # -- output -------------------------------------------------------------------------------
 

@@ -2,9 +2,11 @@
 
 A *stage* object provides ``model`` (the trainable ``nn.Module``), ``discriminator`` (or ``None``),
 ``ema`` (bool), ``next_batch(batch_size, rng)``, ``loss(model, batch, step) -> (loss, logs, extra)``,
-``disc_loss(disc, extra, step)`` and ``save(model, out, rng)``. The loop adds mixed precision,
-gradient accumulation, EMA, a time or step budget, resumable state (``OUT/state``), a JSONL loss
-log (``OUT/log.jsonl``) and its plot (``OUT/loss.png``).
+``disc_loss(disc, extra, step)`` and ``save(model, out, rng)``, and optionally ``validate(model) ->
+{name: loss}`` over held-out data. The loop adds mixed precision, gradient accumulation, EMA, a time
+or step budget, resumable state (``OUT/state``), a JSONL loss log (``OUT/log.jsonl``) and its plot
+(``OUT/loss.png``). With ``validate``, every snapshot is scored (EMA weights) and the saved weights
+are the best so far by its first value (``OUT/best.json``), so more steps can never ship an overfit model.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def train(stage, cfg: LoopConfig) -> dict:
         if time.time() - last_save > cfg.save_every_minutes * 60:
             accelerator.save_state(str(state_dir))
             if accelerator.is_main_process:
-                _save_snapshot(stage, accelerator.unwrap_model(model), ema, cfg)
+                _save_snapshot(stage, accelerator.unwrap_model(model), ema, cfg, counter.step)
             last_save = time.time()
 
     accelerator.wait_for_everyone()
@@ -150,7 +152,7 @@ def train(stage, cfg: LoopConfig) -> dict:
         final = accelerator.unwrap_model(model)
         if ema is not None:
             ema.copy_to(final.parameters())
-        stage.save(final, cfg.out, np.random.default_rng(cfg.seed + 12345))
+        _save_if_best(stage, final, cfg, counter.step)
         plot_losses(log_path, cfg.out / "loss.png")
         done = counter.step - first_step
         summary = {
@@ -159,20 +161,39 @@ def train(stage, cfg: LoopConfig) -> dict:
             "samples_per_s": round(done * cfg.batch_size * cfg.grad_accum * accelerator.num_processes / seconds, 2),
             "last": read_log(log_path)[-1] if log_path.is_file() else {},
         }
+        if (cfg.out / "best.json").is_file():
+            summary["best"] = json.loads((cfg.out / "best.json").read_text())
         (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2))
         accelerator.print(json.dumps(summary))
     accelerator.end_training()
     return summary
 
 
-def _save_snapshot(stage, model, ema, cfg: LoopConfig) -> None:
+def _save_snapshot(stage, model, ema, cfg: LoopConfig, step: int) -> None:
     """The weights so far (EMA when on), saved as the final ones would be, so a run can be scored mid-way."""
     if ema is not None:
         ema.store(model.parameters())
         ema.copy_to(model.parameters())
-    stage.save(model, cfg.out, np.random.default_rng(cfg.seed + 12345))
+    _save_if_best(stage, model, cfg, step)
     if ema is not None:
         ema.restore(model.parameters())
+
+
+def _save_if_best(stage, model, cfg: LoopConfig, step: int) -> None:
+    """Save ``model``; with ``stage.validate``, log its held-out scores and save only a new best."""
+    scores = stage.validate(model) if hasattr(stage, "validate") else {}
+    if scores:
+        record = {"step": step, **scores}
+        with (cfg.out / "log.jsonl").open("a") as f:
+            f.write(json.dumps({"validation": record}) + "\n")
+        print(json.dumps({"validation": record}), flush=True)
+        best_path = cfg.out / "best.json"
+        key = next(iter(scores))
+        best = json.loads(best_path.read_text()) if best_path.is_file() else None
+        if best is not None and best[key] <= scores[key]:
+            return
+        best_path.write_text(json.dumps(record, indent=2))
+    stage.save(model, cfg.out, np.random.default_rng(cfg.seed + 12345))
 
 
 def to_device(batch, device):
@@ -199,7 +220,9 @@ def _log(path: Path, step: int, start: float, cfg: LoopConfig, running: dict, wo
 
 
 def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The loss records (validation records, ``{"validation": ...}``, are left out)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if "validation" not in r]
 
 
 def plot_losses(log_path: Path, png: Path) -> None:
