@@ -123,6 +123,14 @@ def test_checkpoint_hashes_are_computed_once_and_shown(engine, tmp_path):
     assert f"checkpoint `{checkpoint_digest(lab.hashes)[:12]}…` (2 files)" in lab.headline()
 
 
+def test_visitors_outputs_are_removed_when_the_demo_goes(engine):
+    lab = Demo(engine, probe=PROBE)
+    workdir = lab._run_folder("run").parent
+    assert workdir.is_dir()
+    lab.close()  # what garbage collection or interpreter exit runs
+    assert not workdir.exists()
+
+
 def test_status_shows_the_fallback_notice(engine):
     lab = Demo(engine, probe=PROBE, notice="No lite checkpoint: running tiny-random")
     assert lab.status().startswith("⚠ **No lite checkpoint")

@@ -12,6 +12,7 @@ import random
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,9 @@ class Demo:
         self.hashes = checkpoint_hashes(checkpoint)
         self.options = baseline_options(self.baselines)
         self.cache = BaselineCache()
-        self.workdir = Path(tempfile.mkdtemp(prefix="mmsr-lab-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="mmsr-lab-"))  # the last 32 runs' downloads
+        # Visitors' outputs go when the demo does, or at interpreter exit at the latest.
+        self.close = weakref.finalize(self, shutil.rmtree, self.workdir, ignore_errors=True)
         self.seconds_per_step: float | None = None
         self._cancelled: set[str] = set()
         self.components = component_status(engine, scorer, self.options, probe)
