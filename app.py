@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - the requirements install it
 import inspect
 import json
 import os
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -316,6 +317,7 @@ def build_demo(engine, scorer=None, baselines=None, **options) -> gr.Blocks:
     return page
 
 
+REPEAT_S = 5.0  # seconds in which one refused upload is reported once
 FOREIGN_FILE = "That file did not come through this page's upload. Upload it again."
 
 
@@ -338,24 +340,35 @@ def refuse_foreign_files(page: gr.Blocks) -> None:
 
 
 def upload_image(**kwargs) -> gr.Image:
-    """A ``gr.Image`` whose undecodable uploads become a clear ``gr.Error``.
+    """A ``gr.Image`` whose undecodable uploads become one clear ``gr.Error``.
 
     Gradio opens every upload with PIL before a handler runs (the handlers then decode it again with
     :func:`mmsr.imageio.load_image`). The instance's ``preprocess`` is wrapped rather than the class
-    subclassed: gradio writes a ``.pyi`` stub next to the module of every component subclass.
+    subclassed: gradio writes a ``.pyi`` stub next to the module of every component subclass. The
+    page fires ``change`` twice for one refused upload, so the same file refused again within
+    ``REPEAT_S`` seconds fails silently: the visitor reads one message.
     """
     image = gr.Image(**kwargs)
     preprocess = image.preprocess
+    refused: dict[str, float] = {}
+
+    def refuse(payload, message: str) -> gr.Error:
+        path, now = str(getattr(payload, "path", payload)), time.monotonic()
+        for old in [p for p, t in refused.items() if now - t > REPEAT_S]:
+            del refused[old]
+        repeat = path in refused
+        refused[path] = now
+        return gr.Error(message, visible=not repeat, print_exception=False)
 
     def checked(payload):
         try:
             return preprocess(payload)
         except Image.DecompressionBombError as e:
-            raise gr.Error(f"image refused as a decompression bomb: {e}") from e
+            raise refuse(payload, f"image refused as a decompression bomb: {e}") from e
         except UnidentifiedImageError as e:
-            raise gr.Error("not an image file (or a format Pillow cannot read)") from e
+            raise refuse(payload, "not an image file (or a format Pillow cannot read)") from e
         except (OSError, SyntaxError, ValueError) as e:
-            raise gr.Error(f"could not read the image: {e}") from e
+            raise refuse(payload, f"could not read the image: {e}") from e
 
     image.preprocess = checked
     return image

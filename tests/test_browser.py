@@ -230,9 +230,6 @@ def test_typed_caption_survives_an_upload_offline(url, browser, tmp_path):
     assert browser.js("return document.querySelector('#caption textarea').value") == CAPTION
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 14 req 3: the bad upload's message still appears twice (grouped as 'Error (2)')"
-)
 def test_a_bad_upload_gives_one_message_and_no_badges(url, browser, tmp_path):
     open_page(browser, url)
     upload(browser, lr_file(tmp_path))
