@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -149,6 +150,32 @@ def test_validation_holds_photos_out_and_keeps_the_best_snapshot(tiny_data, tmp_
     assert [v["step"] for v in validations] == [1, 3]
     with pytest.raises(ValueError, match="val-photos"):
         stage.split(3)
+
+
+def test_stage1_cache_keeps_a_seeded_native_window_and_its_maps_line_up(tiny_data, tmp_path):
+    from mmsr.modalities.palette import get_label_space
+    from mmsr.training import stage1
+
+    bank = ImageBank(tiny_data, min_side=64)
+    upsample = lambda lr: lr.resize((lr.width * 4, lr.height * 4), Image.BICUBIC)  # noqa: E731
+    assert stage1.build(bank, tmp_path, upsample, crop_side=64) == 3
+    assert stage1.build(bank, tmp_path, upsample, crop_side=64) == 0  # resumes: nothing missing
+    key = "train/set/astronaut.png"
+    stored = stage1.load(tmp_path, key)
+    y, x = stored["origin"].tolist()
+    photo = next(s for s in bank.samples if s.key == key)
+    assert stored["hr"].shape == (64, 64, 3) and stored["stage1"].shape == (2, 64, 64, 3)
+    assert np.array_equal(stored["hr"], photo.image[y : y + 64, x : x + 64])
+    assert (y, x) == stage1.crop_window(photo.image.shape, 64, stage1.photo_seed(key, 1))[:2]
+
+    stage = _stage(tiny_data, tmp_path, "--stage", "unet", "--stage1-dir", str(tmp_path))
+    stage.pipe.register_to_config(stage1="realesrgan-x4plus")
+    maps = stage.photo_maps(photo, caption=0, map_seed=0)
+    palette = get_label_space("voc").palette
+    assert np.array_equal(maps.seg, palette[photo.seg[y : y + 64, x : x + 64]])  # the window's own labels
+    other = dataclasses.replace(photo, image=photo.image[::-1])  # not the photo the cache was built from
+    with pytest.raises(ValueError, match="does not match"):
+        stage.photo_maps(other, caption=0, map_seed=0)
 
 
 def test_resume_continues_the_step_count(tiny_data, tmp_path):

@@ -208,8 +208,13 @@ class UNetStage:
                 raise ValueError(f"stage-1 cache {self.stage1_dir} lacks {sample.key}: build it first")
             stored = stage1_cache.load(self.stage1_dir, sample.key)
             hr, lrs, conditions = stored["hr"], list(stored["lr"]), list(stored["stage1"])
+            y, x = (int(v) for v in stored.get("origin", (0, 0)))  # the window the cache kept
+            if not np.array_equal(sample.image[y : y + hr.shape[0], x : x + hr.shape[1]], hr):
+                raise ValueError(
+                    f"stage-1 cache {self.stage1_dir} does not match {sample.key}: build it with this --max-side"
+                )
         else:
-            hr = stage1_cache.crop_to_multiple(sample.image)
+            (y, x), hr = (0, 0), stage1_cache.crop_to_multiple(sample.image)
             lrs = stage1_cache.lr_versions(hr, self.lr_variants, stage1_cache.photo_seed(sample.key, map_seed))
             conditions = [np.asarray(Image.fromarray(lr).resize(hr.shape[1::-1], Image.BICUBIC)) for lr in lrs]
         h, w = hr.shape[:2]
@@ -217,7 +222,7 @@ class UNetStage:
         seg = None
         if sample.seg is not None:
             palette = get_label_space("voc").palette
-            ids = sample.seg[:h, :w]
+            ids = sample.seg[y : y + h, x : x + w]
             seg = palette[np.where(ids < len(palette), ids, 0)]
         return PhotoMaps(hr, conditions, edges, seg, caption)
 

@@ -11,6 +11,11 @@ processes can share it (``--shard I/N``)::
 
 LR versions: ``lr_variants - 1`` Real-ESRGAN-style second-order degradations (seeded per photo,
 so shards and reruns agree), then plain bicubic x4.
+
+``--crop-side S`` keeps one seeded window of at most S x S per photo instead of the whole photo
+(its ``origin`` is stored), so photos need not be downscaled to afford stage 1: a photo shrunk 3x
+to fit 256 px is far sharper per pixel than the native-resolution images SR is evaluated and used
+on, and a model trained on it adds detail those images do not have.
 """
 
 from __future__ import annotations
@@ -44,6 +49,13 @@ def crop_to_multiple(image: np.ndarray, multiple: int = MULTIPLE) -> np.ndarray:
     return image[:h, :w]
 
 
+def crop_window(shape: tuple[int, ...], side: int, seed: int) -> tuple[int, int, int, int]:
+    """A seeded ``(y, x, h, w)`` window of at most ``side`` x ``side``, sides multiples of ``MULTIPLE``."""
+    h, w = (min(side, s) // MULTIPLE * MULTIPLE for s in shape[:2])
+    rng = np.random.default_rng(seed)
+    return int(rng.integers(0, shape[0] - h + 1)), int(rng.integers(0, shape[1] - w + 1)), h, w
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """``(1, 3, H, W)`` in [0, 1] -> ``(H, W, 3)`` uint8, rounded as a saved PNG would be."""
     return (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -57,8 +69,13 @@ def lr_versions(hr: np.ndarray, lr_variants: int, seed: int) -> list[np.ndarray]
     return [to_uint8(degrade(x, gen)) for _ in range(lr_variants - 1)] + [to_uint8(bicubic_degrade(x, SCALE))]
 
 
-def build(bank: ImageBank, folder: Path, restorer, lr_variants: int = 2, seed: int = 0, shard=(0, 1)) -> int:
-    """Write the missing photo files of this shard; returns how many were written."""
+def build(
+    bank: ImageBank, folder: Path, restorer, lr_variants: int = 2, seed: int = 0, shard=(0, 1), crop_side: int = 0
+) -> int:
+    """Write the missing photo files of this shard; returns how many were written.
+
+    ``crop_side``: keep one seeded window of at most this side per photo (0: the whole photo).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     index, count = shard
     written = 0
@@ -66,11 +83,16 @@ def build(bank: ImageBank, folder: Path, restorer, lr_variants: int = 2, seed: i
         path = photo_file(folder, sample.key)
         if i % count != index or path.is_file():
             continue
-        hr = crop_to_multiple(sample.image)
+        if crop_side:
+            y, x, h, w = crop_window(sample.image.shape, crop_side, photo_seed(sample.key, seed + 1))
+            hr = np.ascontiguousarray(sample.image[y : y + h, x : x + w])
+        else:
+            (y, x), hr = (0, 0), crop_to_multiple(sample.image)
         lrs = lr_versions(hr, lr_variants, photo_seed(sample.key, seed))
         restored = [np.asarray(restorer(Image.fromarray(lr))) for lr in lrs]
         tmp = path.with_suffix(".tmp")
-        save_file({"hr": hr, "lr": np.stack(lrs), "stage1": np.stack(restored)}, str(tmp))
+        origin = np.array([y, x], dtype=np.int32)
+        save_file({"hr": hr, "lr": np.stack(lrs), "stage1": np.stack(restored), "origin": origin}, str(tmp))
         tmp.replace(path)
         written += 1
         print(f"stage1 {i + 1}/{len(bank)} {sample.key}", flush=True)
@@ -88,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-side", type=int, default=256)
     p.add_argument("--min-side", type=int, default=128)
     p.add_argument("--lr-variants", type=int, default=2)
+    p.add_argument("--crop-side", type=int, default=0, help="one seeded window of at most this side per photo (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard", default="0/1", help="I/N: this process builds photos I, I+N, ...")
     p.add_argument("--threads", type=int)
@@ -98,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
 
     index, count = (int(v) for v in args.shard.split("/"))
     bank = ImageBank(args.data, min_side=args.min_side, max_side=args.max_side)
-    n = build(bank, args.out, get_baseline("realesrgan"), args.lr_variants, args.seed, (index, count))
+    n = build(bank, args.out, get_baseline("realesrgan"), args.lr_variants, args.seed, (index, count), args.crop_side)
     print(f"stage1: {n} photos written to {args.out}")
 
 
