@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -244,12 +245,14 @@ class MMSRPipeline(DiffusionPipeline):
         return tiled_apply(unet, x, tile, overlap, self.unet_factor)
 
     def check_inputs(self, lr: torch.Tensor, guidance_scale: float, num_inference_steps: int, strength: float) -> None:
+        """What the model itself can run. The product's narrower ranges are ``mmsr.settings.SPECS``."""
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise ValueError(f"LR image must be a (B, 3, h, w) tensor, got shape {tuple(lr.shape)}")
-        if not 0 <= guidance_scale <= 30:
-            raise ValueError(f"guidance must lie in [0, 30], got {guidance_scale}")
-        if not 1 <= num_inference_steps <= 1000:
-            raise ValueError(f"steps must lie in [1, 1000], got {num_inference_steps}")
+        if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ValueError(f"guidance must be a finite number >= 0, got {guidance_scale}")
+        train_steps = self.scheduler.config.num_train_timesteps
+        if not 1 <= num_inference_steps <= train_steps:
+            raise ValueError(f"steps must lie in [1, {train_steps}] (the schedule's length), got {num_inference_steps}")
         if not 0 < strength <= 1:
             raise ValueError(f"strength must lie in (0, 1], got {strength}")
 

@@ -235,3 +235,12 @@ def test_overlong_caption_cut_is_reported_to_the_user(tiny_pipe, astronaut_lr):
     result = engine.upscale(astronaut_lr, settings)
     assert len(result.caption) <= MAX_CAPTION_CHARS
     assert any(f"kept the first {MAX_CAPTION_CHARS}" in w for w in result.warnings)
+
+
+def test_pipeline_checks_what_the_model_can_run_not_the_products_ranges(tiny_pipe):
+    lr = torch.rand(1, 3, 16, 16)
+    length = tiny_pipe.scheduler.config.num_train_timesteps
+    tiny_pipe.check_inputs(lr, 40.0, length, 1.0)  # beyond the app's guidance range, still a valid call
+    for guidance, steps, match in ((-1.0, 2, "guidance"), (float("nan"), 2, "guidance"), (1.0, length + 1, "length")):
+        with pytest.raises(ValueError, match=match):
+            tiny_pipe.check_inputs(lr, guidance, steps, 1.0)
