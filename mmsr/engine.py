@@ -76,7 +76,13 @@ def image_hash(image: Image.Image) -> str:
 
 
 class Engine:
-    """A pipeline plus extractors plus caches; ``upscale`` is the one entry point."""
+    """A pipeline plus extractors plus caches; ``upscale`` is the one entry point.
+
+    ``extractors``: ``{name: extractor}`` for the caption and every modality (default: the registered
+    ones); the bench passes random-weight stand-ins here. ``latent_tile``: the pipeline's latent
+    tiling (``None`` = automatic, ``0`` = never; see :func:`mmsr.tiling.resolve_tile`), a memory
+    knob of the machine rather than a run setting.
+    """
 
     def __init__(
         self,
@@ -84,9 +90,11 @@ class Engine:
         preset: str,
         extractors: dict | None = None,
         cache_entries: int = 64,
+        latent_tile: int | None = None,
     ):
         self.pipeline = pipeline
         self.preset = get_preset(preset)
+        self.latent_tile = latent_tile
         device = pipeline.device
         self.extractors = (
             extractors if extractors is not None else {k: cls(device=device) for k, cls in EXTRACTORS.items()}
@@ -200,6 +208,10 @@ class Engine:
 
     # -- super-resolution -------------------------------------------------------------------------
 
+    def num_steps(self, settings: UpscaleSettings) -> int:
+        """The denoising steps a run under ``settings`` takes: its own, else the preset's."""
+        return settings.steps or self.preset.default_steps
+
     def upscale(
         self,
         lr: Image.Image,
@@ -219,7 +231,7 @@ class Engine:
         except Exception as e:
             if not is_out_of_memory(e):
                 raise
-            error = resource_error(e, *lr.size, settings.steps or self.preset.default_steps)
+            error = resource_error(e, *lr.size, self.num_steps(settings))
         # Outside the ``except``: the traceback that pins the failed run's tensors is gone by now.
         release_memory()
         raise error
@@ -263,11 +275,12 @@ class Engine:
             negative_prompt=settings.negative_prompt,
             cfg_mode=settings.cfg_mode,
             guidance_scale=settings.guidance,
-            num_inference_steps=settings.steps or self.preset.default_steps,
+            num_inference_steps=self.num_steps(settings),
             strength=settings.strength or self.preset.default_strength,
             temperatures=settings.temperatures,
             generator=generator,
             callback=callback,
+            latent_tile=self.latent_tile,
         )
         timings.update({f"{prefix}{k}": v for k, v in out.timings.items() if k != "tokenizer"})
         if notes is not None:

@@ -166,6 +166,10 @@ class MMSRPipeline(DiffusionPipeline):
             lr = F.pad(lr, (0, pw, 0, ph), mode=mode)
         return lr, (h * SCALE, w * SCALE)
 
+    def latent_size(self, lr_padded: torch.Tensor) -> list[int]:
+        """``[H, W]`` of the latent of a :meth:`pad_lr` output: the 4x image over the VAE's downsampling."""
+        return [SCALE * s // self.vae_scale_factor for s in lr_padded.shape[-2:]]
+
     @torch.no_grad()
     def restore(self, lr: torch.Tensor) -> torch.Tensor:
         """Stage 1: ``(B, 3, h, w)`` -> ``(B, 3, 4h, 4w)`` in [0, 1], rounded to 8 bits as its PNG would be.
@@ -335,7 +339,7 @@ class MMSRPipeline(DiffusionPipeline):
                 stage1 = self.restore(lr)
         lr_padded, out_size = self.pad_lr(lr)
         output_side = SCALE * max(lr_padded.shape[-2:])
-        latent_hw = [SCALE * s // self.vae_scale_factor for s in lr_padded.shape[-2:]]
+        latent_hw = self.latent_size(lr_padded)
         tile = resolve_tile(*latent_hw, latent_tile, self.unet_factor)
         with timer("vae_encode"), vae_tiling(self.vae, output_side):
             stage1 = None if self.config.stage1 is None else stage1.to(device, torch.float32)

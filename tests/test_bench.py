@@ -92,3 +92,41 @@ def test_targets_compare_only_matching_runs():
 def test_bad_arguments_exit_2_with_a_message(argv, capsys):
     assert cli(["bench", "--preset", "tiny-random", "--size", "64", "--no-rerun", "--runs", "1", *argv]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_bench_runs_through_the_engine(monkeypatch, capsys):
+    """Every pipeline call of a timed run is inside ``Engine.upscale``, under ``UpscaleSettings``' defaults,
+    and the reported stages are the engine's timings: the bench has no runner of its own."""
+    from mmsr.engine import Engine
+    from mmsr.pipeline import MMSRPipeline
+    from mmsr.settings import UpscaleSettings
+
+    upscale, pipeline_call = Engine.upscale, MMSRPipeline.__call__
+    results, inside, pipeline_calls = [], [], []
+
+    def spy_upscale(self, lr, settings, *args, **kwargs):
+        inside.append(settings)
+        try:
+            results.append(upscale(self, lr, settings, *args, **kwargs))
+        finally:
+            inside.pop()
+        return results[-1]
+
+    def spy_pipeline(self, *args, **kwargs):
+        assert inside, "the bench called the pipeline outside Engine.upscale"
+        pipeline_calls.append(kwargs)
+        return pipeline_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "upscale", spy_upscale)
+    monkeypatch.setattr(MMSRPipeline, "__call__", spy_pipeline)
+    argv = ["bench", "--preset", "tiny-random", "--size", "64", "--runs", "1", "--warmup", "0", "--no-rerun", "--json"]
+    assert cli(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    (result,) = results
+    defaults = UpscaleSettings()
+    assert len(pipeline_calls) == 1
+    assert pipeline_calls[0]["cfg_mode"] == defaults.cfg_mode == data["meta"]["cfg_mode"]
+    assert pipeline_calls[0]["guidance_scale"] == defaults.guidance == data["meta"]["guidance"]
+    assert data["meta"]["steps"] == get_preset("tiny-random").default_steps == pipeline_calls[0]["num_inference_steps"]
+    stages = data["results"][0]["stages"]
+    assert all(stages[k] == round(result.timings[k], 5) for k in ("text_encoder", "tokenizer", "unet", "vae_decode"))
