@@ -163,7 +163,7 @@ def run_baseline(
     """
     baselines = with_text_only(engine, baselines)
     baseline = check_baseline(name, baselines)
-    steps = settings.steps or engine.preset.default_steps
+    steps = engine.num_steps(settings)
     settings = replace(settings, caption=caption, auto_caption=False, steps=steps)
 
     def step(i: int, total: int) -> None:

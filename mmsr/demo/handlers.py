@@ -247,7 +247,7 @@ class Demo:
         return self.outputs(result, previous)
 
     def _measure(self, result, settings) -> None:
-        steps = text.steps_run(settings.steps or self.engine.preset.default_steps, settings.strength or 1.0)
+        steps = text.steps_run(self.engine.num_steps(settings), settings.strength or 1.0)
         unet = result.mmsr.timings.get("unet")
         if unet:
             self.seconds_per_step = unet / max(1, steps * (2 if settings.refine else 1))
@@ -348,7 +348,7 @@ class Demo:
         else:
             notes.append(f"baseline {baseline!r} is unavailable here; kept the current choice")
         out |= {"caption": s.caption, "negative": s.negative_prompt, "cfg_mode": s.cfg_mode, "guidance": s.guidance}
-        out |= {"steps": s.steps or self.engine.preset.default_steps, "seed": s.seed, "refine": s.refine}
+        out |= {"steps": self.engine.num_steps(s), "seed": s.seed, "refine": s.refine}
         out |= {"strength": s.strength or self.default_strength()}
         out |= {f"{m}_on": s.modalities[m] for m in MODALITIES} | {f"{m}_tau": s.temperatures[m] for m in MODALITIES}
         note = " · ".join(notes) or "settings match this app; upload the same input and Run."
