@@ -197,7 +197,7 @@ def _settings_tab(ui: dict, demo: Demo) -> None:
     with gr.Row():
         ui["cfg_mode"] = gr.Radio(list(spec("cfg_mode").choices), value=spec("cfg_mode").default,
                                   label="guidance mode (negative branch)")  # fmt: skip
-        ui["guidance"] = _slider("guidance", label="guidance w (0 = off)")
+        ui["guidance"] = _slider("guidance", value=demo.engine.preset.default_guidance, label="guidance w (0 = off)")
         ui["steps"] = _slider("steps", value=demo.engine.preset.default_steps, label="denoising schedule (steps)")
         ui["strength"] = _slider("strength", value=demo.default_strength(), label="strength (1 = from pure noise)",
                                  visible=demo.default_strength() < 1)  # fmt: skip

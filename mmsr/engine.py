@@ -212,6 +212,10 @@ class Engine:
         """The denoising steps a run under ``settings`` takes: its own, else the preset's."""
         return settings.steps or self.preset.default_steps
 
+    def guidance(self, settings: UpscaleSettings) -> float:
+        """The guidance weight w a run under ``settings`` uses: its own, else the preset's."""
+        return self.preset.default_guidance if settings.guidance is None else settings.guidance
+
     def upscale(
         self,
         lr: Image.Image,
@@ -222,8 +226,10 @@ class Engine:
         """Super-resolve ``lr`` x4 with MMSR under ``settings`` (see :class:`UpscaleSettings`).
 
         Running out of memory raises :class:`mmsr.errors.ResourceError` (with what to change) after
-        the memory is released, so the engine keeps serving.
+        the memory is released, so the engine keeps serving. The result's settings hold the guidance
+        weight the run used (the preset's when ``settings`` leave it unset), so a record replays it.
         """
+        settings = replace(settings, guidance=self.guidance(settings))
         caption_notes = list(settings.notes)  # e.g. the cut of an overlong caption, made when settings were built
         check_size(lr, MAX_LR_SIDE)
         try:
@@ -274,7 +280,7 @@ class Engine:
             modality_tokens=tokens,
             negative_prompt=settings.negative_prompt,
             cfg_mode=settings.cfg_mode,
-            guidance_scale=settings.guidance,
+            guidance_scale=self.guidance(settings),
             num_inference_steps=self.num_steps(settings),
             strength=settings.strength or self.preset.default_strength,
             temperatures=settings.temperatures,

@@ -131,6 +131,8 @@ class Preset:
     pipeline: dict = field(default_factory=dict)
     # 1 = the paper's sampler from pure noise; below 1 starts from the noised LR latent (SDEdit).
     default_strength: float = 1.0
+    # w of eq. (4) when a run does not set one.
+    default_guidance: float = 4.0
 
 
 PRESETS: dict[str, Preset] = {

@@ -86,7 +86,9 @@ SPECS: dict[str, Spec] = {
     "caption": Spec("", str, "the caption (empty: the captioner's, when one is available)"),
     "negative_prompt": Spec("", str, "negative prompt of classifier-free guidance"),
     "cfg_mode": Spec("m-cfg", str, "guidance mode: the negative branch of eq. (4)", choices=CFG_MODES),
-    "guidance": Spec(4.0, float, "guidance weight w of eq. (4); 0 = off", 0, 30, step=0.5),
+    "guidance": Spec(
+        None, float, "guidance weight w of eq. (4); 0 = off (default: the preset's)", 0, 30, step=0.5, optional=True
+    ),
     "steps": Spec(None, int, "denoising steps (default: the preset's)", 1, 200, step=1, optional=True),
     "strength": Spec(
         None,

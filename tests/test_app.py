@@ -95,7 +95,9 @@ def test_widget_bounds_and_defaults_come_from_the_settings_table(demo):
     for name in ("guidance", "strength"):
         widget, s = demo.ui[name], spec(name)
         assert (widget.minimum, widget.maximum, widget.step) == (s.min, s.max, s.step)
-    assert demo.ui["steps"].maximum == spec("steps").max and demo.ui["guidance"].value == spec("guidance").default
+    assert demo.ui["steps"].maximum == spec("steps").max
+    preset = demo.lab.engine.preset  # optional settings start at the preset's value
+    assert demo.ui["guidance"].value == preset.default_guidance and demo.ui["steps"].value == preset.default_steps
     assert demo.ui["depth_tau"].minimum == spec("temperatures").min
     assert demo.ui["strength"].visible is (demo.lab.default_strength() < 1)
 

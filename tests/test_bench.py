@@ -126,7 +126,7 @@ def test_bench_runs_through_the_engine(monkeypatch, capsys):
     defaults = UpscaleSettings()
     assert len(pipeline_calls) == 1
     assert pipeline_calls[0]["cfg_mode"] == defaults.cfg_mode == data["meta"]["cfg_mode"]
-    assert pipeline_calls[0]["guidance_scale"] == defaults.guidance == data["meta"]["guidance"]
+    assert pipeline_calls[0]["guidance_scale"] == get_preset("tiny-random").default_guidance == data["meta"]["guidance"]
     assert data["meta"]["steps"] == get_preset("tiny-random").default_steps == pipeline_calls[0]["num_inference_steps"]
     stages = data["results"][0]["stages"]
     assert all(stages[k] == round(result.timings[k], 5) for k in ("text_encoder", "tokenizer", "unet", "vae_decode"))

@@ -98,3 +98,21 @@ def test_one_temperature_grammar():
         parse_temperatures("depth=0.5/2")
     with pytest.raises(ValueError, match="name=value"):
         parse_temperatures("depth")
+
+
+def test_unset_guidance_is_the_presets_and_the_result_records_the_number(tiny_pipe, astronaut_lr, monkeypatch):
+    import dataclasses
+
+    from mmsr.engine import Engine
+
+    engine = Engine(tiny_pipe, "tiny-random")
+    engine.preset = dataclasses.replace(engine.preset, default_guidance=2.5)
+    used = []
+    call = type(tiny_pipe).__call__
+    monkeypatch.setattr(
+        type(tiny_pipe), "__call__", lambda self, *a, **k: used.append(k["guidance_scale"]) or call(self, *a, **k)
+    )
+    unset = engine.upscale(astronaut_lr, UpscaleSettings(auto_caption=False))
+    chosen = engine.upscale(astronaut_lr, UpscaleSettings(auto_caption=False, guidance=0.0))
+    assert used == [2.5, 0.0]
+    assert unset.settings.guidance == 2.5 and chosen.settings.guidance == 0.0  # what a run record replays

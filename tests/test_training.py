@@ -146,7 +146,9 @@ def test_validation_holds_photos_out_and_keeps_the_best_snapshot(tiny_data, tmp_
     (tmp_path / "best.json").write_text(json.dumps({**best, "val": -1.0}))  # pretend an unbeatable snapshot
     train(stage, LoopConfig(out=tmp_path, batch_size=2, max_steps=3, resume=True))
     assert weights.read_bytes() == saved  # a worse snapshot never replaces the best
-    validations = [json.loads(l)["validation"] for l in (tmp_path / "log.jsonl").read_text().splitlines() if "validation" in l]
+    validations = [
+        json.loads(l)["validation"] for l in (tmp_path / "log.jsonl").read_text().splitlines() if "validation" in l
+    ]
     assert [v["step"] for v in validations] == [1, 3]
     with pytest.raises(ValueError, match="val-photos"):
         stage.split(3)

@@ -72,13 +72,14 @@ def run(args: argparse.Namespace) -> dict:
     extractors, extractor_info = build_extractors(args.preset, device)
     make_engine = partial(Engine, pipe, args.preset, extractors=extractors, latent_tile=args.latent_tile)
     settings = bench_settings(args.steps, captioned="caption" in extractors)
-    steps = make_engine().num_steps(settings)
+    engine = make_engine()
+    steps, guidance = engine.num_steps(settings), engine.guidance(settings)
     scorer = Scorer(names=NO_REFERENCE_METRICS, device=device)
     with torch.no_grad():
         results = [bench_size(make_engine, settings, extractor_info, scorer, size, args) for size in args.size]
         rerun = None if args.no_rerun else bench_rerun(make_engine(), settings, min(args.size))
         scaling = bench_scaling(pipe, args, steps, results[0]) if args.scaling or args.plot else None
-    meta = environment(args, device, dtype, settings, steps)
+    meta = environment(args, device, dtype, settings, steps, guidance)
     return {
         "meta": meta,
         "extractors": extractor_info,
@@ -90,7 +91,9 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
-def environment(args: argparse.Namespace, device, dtype, settings: UpscaleSettings, steps: int) -> dict:
+def environment(
+    args: argparse.Namespace, device, dtype, settings: UpscaleSettings, steps: int, guidance: float
+) -> dict:
     """What the numbers depend on: preset, device, dtype, the run's settings, threads and load."""
     return {
         "preset": args.preset,
@@ -101,7 +104,7 @@ def environment(args: argparse.Namespace, device, dtype, settings: UpscaleSettin
         "dtype": str(dtype).removeprefix("torch."),
         "steps": steps,
         "cfg_mode": settings.cfg_mode,
-        "guidance": settings.guidance,
+        "guidance": guidance,
         "warmup": args.warmup,
         "runs": args.runs,
         "compile": bool(args.compile),

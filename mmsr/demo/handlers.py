@@ -347,7 +347,12 @@ class Demo:
             out["baseline"] = baseline
         else:
             notes.append(f"baseline {baseline!r} is unavailable here; kept the current choice")
-        out |= {"caption": s.caption, "negative": s.negative_prompt, "cfg_mode": s.cfg_mode, "guidance": s.guidance}
+        out |= {
+            "caption": s.caption,
+            "negative": s.negative_prompt,
+            "cfg_mode": s.cfg_mode,
+            "guidance": self.engine.guidance(s),
+        }
         out |= {"steps": self.engine.num_steps(s), "seed": s.seed, "refine": s.refine}
         out |= {"strength": s.strength or self.default_strength()}
         out |= {f"{m}_on": s.modalities[m] for m in MODALITIES} | {f"{m}_tau": s.temperatures[m] for m in MODALITIES}

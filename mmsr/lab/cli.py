@@ -120,9 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cpu, cuda ... (default: each process's own accelerator; leave unset under multi-GPU accelerate launch)",
     )
     run.add_argument("--steps", type=int, help=f"MMSR's {SPECS['steps'].describe()}")
-    run.add_argument(
-        "--guidance", default=f"{SPECS['guidance'].default:g}", help=f"{SPECS['guidance'].describe()}, e.g. 1,4,7"
-    )
+    run.add_argument("--guidance", help=f"{SPECS['guidance'].describe()}, e.g. 1,4,7")
     run.add_argument("--cfg-modes", default=SPECS["cfg_mode"].default, help=f"comma list of {', '.join(CFG_MODES)}")
     run.add_argument(
         "--subsets",
@@ -164,7 +162,7 @@ def config_from_args(args: argparse.Namespace):
         lr=args.lr,
         captions=args.captions,
         auto_caption=args.auto_caption,
-        guidance=parse_list(args.guidance, float, "guidance"),
+        guidance=None if args.guidance is None else parse_list(args.guidance, float, "guidance"),
         cfg_modes=parse_list(args.cfg_modes, what="cfg-modes"),
         subsets=parse_list(args.subsets, what="subsets"),
         temperatures=parse_temperature_sweeps(args.temperature),

@@ -72,7 +72,7 @@ class Setting:
         return UpscaleSettings(
             caption="" if drop_text else caption,
             cfg_mode=self.cfg_mode or SPECS["cfg_mode"].default,
-            guidance=SPECS["guidance"].default if self.guidance is None else self.guidance,
+            guidance=self.guidance,
             steps=steps,
             seed=seed,
             modalities={m: m not in off for m in MODALITIES},

@@ -32,6 +32,7 @@ from ..conditioning import MODALITIES
 from ..constants import SCALE
 from ..guidance import check_cfg_mode
 from ..imageio import save_atomic
+from ..presets import get_preset
 from ..settings import SPECS, UpscaleSettings
 from .data import derangement, find_images, load_captions, prepare
 from .methods import WRONG_CONTEXT, Method, Setting, check_subset
@@ -56,7 +57,7 @@ class RunConfig:
     lr: str = "bicubic"
     captions: Path | None = None
     auto_caption: bool = False
-    guidance: list[float] = field(default_factory=lambda: [SPECS["guidance"].default])
+    guidance: list[float] | None = None  # None: the preset's default w
     cfg_modes: list[str] = field(default_factory=lambda: [SPECS["cfg_mode"].default])
     subsets: list[str] = field(default_factory=lambda: ["all"])
     temperatures: dict[str, list[float]] = field(default_factory=dict)
@@ -73,6 +74,8 @@ class RunConfig:
     report: bool = True
 
     def validate(self) -> RunConfig:
+        if self.guidance is None:
+            self.guidance = [get_preset(self.preset).default_guidance]
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"--limit must be at least 1 (the number of images to use), got {self.limit}")
         if self.crop is not None and self.crop < MIN_CROP:
@@ -103,9 +106,9 @@ class RunConfig:
 
     def base(self) -> Setting:
         """The setting every study varies around: the default cfg mode and w when swept, else the first value."""
-        default = UpscaleSettings()
+        default, w = UpscaleSettings(), get_preset(self.preset).default_guidance
         cfg = default.cfg_mode if default.cfg_mode in self.cfg_modes else self.cfg_modes[0]
-        guidance = default.guidance if default.guidance in self.guidance else self.guidance[0]
+        guidance = w if w in self.guidance else self.guidance[0]
         return Setting(cfg_mode=cfg, guidance=float(guidance), subset="all", caption="true")
 
     def invariants(self) -> dict:

@@ -68,7 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sets", default="set5,set14", help="--evaluate: comma-separated eval sets")
     p.add_argument("--limit", type=int, help="--evaluate: at most this many images per set")
     p.add_argument("--methods", default="", help="--evaluate: comma-separated subset of the methods")
-    p.add_argument("--contact-sheet", type=Path, help="--evaluate: write a bicubic | Real-ESRGAN | twin | MMSR sheet here")
+    p.add_argument(
+        "--contact-sheet", type=Path, help="--evaluate: write a bicubic | Real-ESRGAN | twin | MMSR sheet here"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -165,7 +165,9 @@ class UNetStage:
         if not 0 <= sampler_weight <= 1:
             raise ValueError(f"sampler_weight must lie in [0, 1], got {sampler_weight}")
         self.sampler_weight = sampler_weight
-        self.sampler_timesteps = self.pipe.get_timesteps(sampler_steps, sampler_strength, "cpu") if sampler_steps else None
+        self.sampler_timesteps = (
+            self.pipe.get_timesteps(sampler_steps, sampler_strength, "cpu") if sampler_steps else None
+        )
         self.bank, self.window = bank, crop // self.pipe.vae_scale_factor
         self.text_only, self.cache, self.lr_variants, self.seed = text_only, cache, lr_variants, seed
         self.stage1_dir = stage1_dir
