@@ -125,6 +125,11 @@ def test_checkpoint_hashes_are_computed_once_and_shown(engine, tmp_path):
     assert f"checkpoint `{checkpoint_digest(lab.hashes)[:12]}…` (2 files)" in lab.headline()
 
 
+def test_a_cut_caption_is_reported_on_the_page(lab, lr_path):
+    out = run(lab, lr_path, caption="a tabby cat " * 500)
+    assert "caption was 5999 characters; kept the first 2000" in out["run_status"]  # stripped, then cut
+
+
 def test_visitors_outputs_are_removed_when_the_demo_goes(engine):
     lab = Demo(engine, probe=PROBE)
     workdir = lab._run_folder("run").parent
