@@ -125,8 +125,10 @@ def test_checkpoint_hashes_are_computed_once_and_shown(engine, tmp_path):
     assert f"checkpoint `{checkpoint_digest(lab.hashes)[:12]}…` (2 files)" in lab.headline()
 
 
-def test_a_cut_caption_is_reported_on_the_page(lab, lr_path):
-    out = run(lab, lr_path, caption="a tabby cat " * 500)
+def test_a_cut_caption_is_reported_on_the_page(lab, lr_path, tmp_path):
+    own = tmp_path / "flipped.png"  # its own input: the module's shared result must not hit this run's cache
+    Image.open(lr_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(own)
+    out = run(lab, str(own), caption="a tabby cat " * 500)
     assert "caption was 5999 characters; kept the first 2000" in out["run_status"]  # stripped, then cut
 
 
