@@ -31,7 +31,7 @@ from mmsr.conditioning import MODALITIES
 from mmsr.demo import HOW_TO, Control, Demo, DemoError, lab_folders, open_report
 from mmsr.demo.status import CONTEXT
 from mmsr.settings import spec
-from page import FOREIGN_FILE, launch_options, refuse_foreign_files, upload_image  # noqa: F401 (FOREIGN_FILE: tests)
+from page import launch_options, refuse_foreign_files, upload_image
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = ROOT / "assets" / "examples"

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import app
+import page
 from baselines import get_baseline
 from mmsr.compare import TEXT_ONLY, checkpoint_digest, pixel_sha256
 from mmsr.demo import Control, Demo, DemoError
@@ -502,7 +503,7 @@ def test_a_payload_naming_a_server_file_gets_one_message_without_the_path(served
     data = [payload] + [None] * (len(prepare["inputs"]) - 1)
     event = httpx.post(base, json={"data": data}).json()["event_id"]
     stream = httpx.get(f"{base}/{event}", timeout=60).text
-    assert "event: error" in stream and app.FOREIGN_FILE in stream
+    assert "event: error" in stream and page.FOREIGN_FILE in stream
     assert str(Path(app.__file__).resolve().parent) not in stream and "Cannot move" not in stream
 
 

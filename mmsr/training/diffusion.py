@@ -344,16 +344,16 @@ class UNetStage:
             for v in range(len(p.lr)):
                 crops["val"].append((p, y, x, v, p.caption, (True, True)))
                 crops["val_nocap"].append((p, y, x, v, self.empty_caption, (True, True)))
+        own = self.sampler_timesteps if self.sampler_timesteps is not None else torch.tensor([999])
         was_training, out = model.training, {}
         model.eval()
         for name, rows in crops.items():
             total = 0.0
             for k in range(0, len(rows), 32):
                 batch = to_device(self.collate(rows[k : k + 32], noise_seed=k), device)
-                gen = torch.Generator(device).manual_seed(self.seed + k)
+                gen = torch.Generator(device).manual_seed(self.seed + k)  # the same noise every validation
                 x0 = self.target(batch)
                 noise = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype)
-                own = self.sampler_timesteps if self.sampler_timesteps is not None else torch.tensor([999])
                 t = own[torch.arange(len(x0)) % len(own)].to(device)
                 total += float(self.loss_at(model, batch, x0, noise, t)) * len(x0)
             out[name] = round(total / len(rows), 6)
