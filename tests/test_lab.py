@@ -6,8 +6,10 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -44,7 +46,7 @@ class Stub(Method):
     def __init__(self, name, axes=frozenset(), uses_caption=False):
         self.name, self.label, self.axes, self.uses_caption = name, name, frozenset(axes), uses_caption
 
-    def run(self, lr, *, caption, seed, setting, context=None):
+    def run(self, lr, *, caption, seed, setting, maps=None, context=None):
         return MethodOutput(lr.resize((lr.width * 4, lr.height * 4)))
 
 
@@ -192,6 +194,10 @@ def test_cli_user_errors(lab_data, tmp_path, capsys):
     assert cli_run([*base, "--subsets", "all,-colour"]) == 2
     assert cli_run([*base, "--methods", "mmsr,nope"]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+    assert cli_run([*base, "--maps", "seg"]) == 2
+    assert "--maps takes MODALITY=FOLDER, got 'seg'" in capsys.readouterr().err
+    assert cli_run([*base, "--maps", f"seg={tmp_path / 'nowhere'}"]) == 2
+    assert "no such folder" in capsys.readouterr().err
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "run.json").write_text(json.dumps({"invariants": {"preset": "lite"}}))
     assert cli_run([*base, "--methods", "bicubic", "--metrics", "psnr"]) == 2
@@ -418,3 +424,55 @@ def test_wrong_context_gives_mmsr_another_images_maps(tiny_pipe, lab_data):
     again = method.run(own, setting=setting, context=other, **kw).image
     right = method.run(own, setting=setting, **kw).image
     assert list(again.getdata()) == list(wrong.getdata()) and list(right.getdata()) != list(wrong.getdata())
+
+
+def _label_map(size, label):
+    """A VOC id map: the left half ``label``, the right half background."""
+    ids = np.zeros((size[1], size[0]), np.uint8)
+    ids[:, : size[0] // 2] = label
+    return Image.fromarray(ids)
+
+
+def test_user_maps_follow_the_crop_and_wrong_context_swaps_them(lab_data, tmp_path, tiny_pipe):
+    """``--maps seg=DIR``: each image gets its own map, cropped like its HR; the wrong-context row gets
+    the other image's. An image without a map says so and falls back to the extractor."""
+    from mmsr.engine import Engine
+    from mmsr.lab.methods import EngineMethod, MethodSet
+
+    maps = tmp_path / "seg"
+    maps.mkdir()
+    _label_map((128, 128), 15).save(maps / "astronaut.png")  # 2x the image: resized to it
+    _label_map((64, 64), 8).save(maps / "coffee.png")
+    item = prepare("astronaut.png", lab_data / "astronaut.png", "bicubic", crop=8, maps={"seg": maps})
+    assert item.maps["seg"].size == item.hr.size == (32, 32) and not item.notes
+    # the central 32x32 HR crop of a 64x64 map whose left 32 columns are 15: columns 16..31 of it
+    assert np.array_equal(np.asarray(item.maps["seg"].convert("L"))[0], [15] * 16 + [0] * 16)
+
+    engine = Engine(tiny_pipe, "tiny-random")
+    given, upscale = [], engine.upscale
+
+    def spy(lr, settings, user_maps=None, **kw):
+        given.append(user_maps)
+        return upscale(lr, settings, user_maps=user_maps, **kw)
+
+    engine.upscale = spy
+    methods = MethodSet({"mmsr": EngineMethod(engine, steps=1)}, {}, engine)
+    config = RunConfig(
+        data=lab_data, out=tmp_path / "out", methods=["mmsr"], preset="tiny-random", steps=1,
+        subsets=["all", "wrong-context"], caption_kinds=["true"], metrics=["psnr"], device="cpu",
+        maps={"seg": maps},
+    )  # fmt: skip
+    summary = run_lab(config, methods=methods)
+    assert summary.errors == 0 and summary.ran == 4
+    labels = [sorted(np.unique(np.asarray(m["seg"].convert("L")))) for m in given]
+    # per image: own maps, then the other's (astronaut 15, coffee 8; two images swap with each other)
+    assert labels == [[0, 15], [0, 8], [0, 8], [0, 15]]
+    assert all(m["seg"].size == (64, 64) for m in given[:1]) and "edges" in given[1]
+
+    (maps / "coffee.png").unlink()
+    run_lab(replace(config, out=tmp_path / "out2", subsets=["all"]), methods=methods)
+    rows = {r["image"]: r for r in read_rows(tmp_path / "out2" / "results.csv")}
+    assert "no seg map for coffee.png" in rows["coffee.png"]["warnings"]
+    assert "seg map" not in rows["astronaut.png"]["warnings"]
+    with pytest.raises(ValueError, match="'depht' in --maps"):
+        RunConfig(data=lab_data, out=tmp_path / "o", maps={"depht": maps}).validate()

@@ -8,6 +8,8 @@ Example::
         --temperature depth=0.5/1/2 --seeds 0,1,2
     accelerate launch --num_processes 4 -m mmsr lab run ...   # the same, split over 4 GPUs
     python -m mmsr lab report --results runs/set5
+    python -m mmsr lab run --data ../shared/data/eval/set14 --maps seg=../shared/data/seg/eval/set14 \
+        --lr degraded --methods mmsr --subsets all,wrong-context --out runs/set14-context
 
 Several CPU processes: accelerate's ``--cpu`` launcher starts one process unless MPI is set up;
 ``accelerate launch --multi_gpu --num_processes 2 -m mmsr lab run ... --device cpu`` (torchrun,
@@ -69,6 +71,18 @@ def _legacy_temperature(spec: str) -> str | None:
     return ",".join(out)
 
 
+def parse_maps(specs: list[str]) -> dict[str, Path]:
+    """``["seg=DIR", "depth=A,edges=B"]`` -> ``{"seg": Path("DIR"), ...}``."""
+    out = {}
+    for spec in specs:
+        for part in _split(spec):
+            name, sep, folder = part.partition("=")
+            if not sep or not name.strip() or not folder.strip():
+                raise ValueError(f"--maps takes MODALITY=FOLDER, got {part!r}")
+            out[name.strip()] = Path(folder.strip())
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="lab_command", required=True)
     run = sub.add_parser("run", help="run (or resume) a sweep; one CSV row per output image")
@@ -125,7 +139,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--subsets",
         default="all",
-        help="modality subsets: all, -depth, -seg, -edges, -text, text-only, none (write --subsets=-depth,... when the list starts with -)",
+        help="modality subsets: all, -depth, -seg, -edges, -text, text-only, none, wrong-context (every map "
+        "another image's) (write --subsets=-depth,... when the list starts with -)",
     )
     run.add_argument(
         "--temperature",
@@ -146,6 +161,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--metrics",
         help="comma list of metrics (default: all of mmsr.metrics.METRICS that work here)",
+    )
+    run.add_argument(
+        "--maps",
+        action="append",
+        default=[],
+        help="user maps instead of an extractor's, e.g. seg=../shared/data/seg/eval/set14 (a map per image, "
+        "same relative path or file name, any image suffix; repeatable or comma-separated)",
     )
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     report = sub.add_parser("report", help="merge the results and write report.md, report.html and plots/")
@@ -177,6 +199,7 @@ def config_from_args(args: argparse.Namespace):
         lr_seed=args.lr_seed,
         limit=args.limit,
         report=not args.no_report,
+        maps=parse_maps(args.maps),
     ).validate()
 
 

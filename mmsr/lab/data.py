@@ -3,14 +3,19 @@
 LR modes: ``bicubic`` (antialiased bicubic x4 of the HR), ``degraded`` (the training degradation,
 seeded per image so every process and every rerun makes the same LR) and ``given`` (the file is
 the LR; there is no ground truth).
+
+User maps (``lab run --maps seg=DIR``): a map of image ``sub/x.png`` is ``DIR/sub/x.<any image
+suffix>``, else the one file in ``DIR`` named ``x.*``. It is drawn for the image file (any size
+with the image's aspect ratio) and gets the image's crop, so it stays aligned with the HR and LR.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +34,8 @@ class LabImage:
     id: str
     lr: Image.Image
     hr: Image.Image | None
+    maps: dict[str, Image.Image] = field(default_factory=dict)  # modality -> the user's map
+    notes: list[str] = field(default_factory=list)
 
 
 def find_images(
@@ -116,15 +123,44 @@ def lr_seed(image_id: str, seed: int) -> int:
     return int(hashlib.sha1(f"{seed}:{image_id}".encode()).hexdigest()[:8], 16)
 
 
-def prepare(image_id: str, path: Path, mode: str, *, crop: int | None = None, seed: int = 0) -> LabImage:
-    """Load one image and make its LR; ``crop`` = side of a central LR crop (HR: ``4 * crop``)."""
+def find_map(folder: str | Path, image_id: str) -> Path | None:
+    """The user's map of ``image_id`` in ``folder`` (see the module docstring), or ``None``."""
+    root = Path(folder)
+    stem = Path(image_id).with_suffix("")
+    for candidate in sorted(root.glob(f"{glob.escape(stem.as_posix())}.*")):
+        if candidate.suffix.lower() in IMAGE_SUFFIXES and candidate.is_file():
+            return candidate
+    matches = [p for p in root.rglob(f"{glob.escape(stem.name)}.*") if p.suffix.lower() in IMAGE_SUFFIXES]
+    return matches[0] if len(matches) == 1 else None
+
+
+def prepare(
+    image_id: str,
+    path: Path,
+    mode: str,
+    *,
+    crop: int | None = None,
+    seed: int = 0,
+    maps: dict[str, Path] | None = None,
+) -> LabImage:
+    """Load one image and make its LR; ``crop`` = side of a central LR crop (HR: ``4 * crop``).
+
+    ``maps``: modality -> folder of user maps; each found map gets the image's crop.
+    """
     if mode not in LR_MODES:
         raise ValueError(f"--lr must be one of {', '.join(LR_MODES)}, not {mode!r}")
     image, _ = load_image(path)
+    user_maps, notes = _load_maps(image_id, image.size, maps or {})
+    side = crop if mode == "given" else crop * SCALE if crop else None
+
+    def cut(im: Image.Image) -> Image.Image:
+        im = _center_crop(im, side)
+        return im if mode == "given" else im.crop((0, 0, im.width - im.width % SCALE, im.height - im.height % SCALE))
+
+    user_maps = {k: cut(m) for k, m in user_maps.items()}
     if mode == "given":
-        return LabImage(image_id, _center_crop(image, crop), None)
-    hr = _center_crop(image, crop * SCALE if crop else None)
-    hr = hr.crop((0, 0, hr.width - hr.width % SCALE, hr.height - hr.height % SCALE))
+        return LabImage(image_id, cut(image), None, user_maps, notes)
+    hr = cut(image)
     if min(hr.size) < SCALE * 8:
         raise ValueError(f"{image_id}: the HR image is {hr.width}x{hr.height}, too small for x{SCALE}")
     if mode == "bicubic":
@@ -135,7 +171,28 @@ def prepare(image_id: str, path: Path, mode: str, *, crop: int | None = None, se
         from ..degradation import Degradation
 
         lr = Degradation()(pil_to_tensor(hr), torch.Generator().manual_seed(lr_seed(image_id, seed)))
-    return LabImage(image_id, tensor_to_pil(lr), hr)
+    return LabImage(image_id, tensor_to_pil(lr), hr, user_maps, notes)
+
+
+def _load_maps(image_id: str, size: tuple[int, int], folders: dict[str, Path]) -> tuple[dict, list[str]]:
+    """The user maps of one image at the image's own size, and a note for each folder without one."""
+    maps, notes = {}, []
+    for name, folder in folders.items():
+        path = find_map(folder, image_id)
+        if path is None:
+            notes.append(f"no {name} map for {image_id} in {folder}: {name} came from its extractor")
+            continue
+        user_map, _ = load_image(path)
+        if user_map.size != size:
+            ratio = (user_map.width / user_map.height) / (size[0] / size[1])
+            if abs(ratio - 1) > 0.02:
+                raise ValueError(
+                    f"{path}: the {name} map is {user_map.width}x{user_map.height}, "
+                    f"not the aspect ratio of {image_id} ({size[0]}x{size[1]})"
+                )
+            user_map = user_map.resize(size, Image.Resampling.NEAREST)
+        maps[name] = user_map
+    return maps, notes
 
 
 def _center_crop(image: Image.Image, side: int | None) -> Image.Image:

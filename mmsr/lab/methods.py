@@ -115,9 +115,18 @@ class Method:
         return ""
 
     def run(
-        self, lr: Image.Image, *, caption: str, seed: int, setting: Setting, context: Image.Image | None = None
+        self,
+        lr: Image.Image,
+        *,
+        caption: str,
+        seed: int,
+        setting: Setting,
+        maps: dict[str, Image.Image] | None = None,
+        context: Image.Image | None = None,
     ) -> MethodOutput:
-        """``context``: another image whose maps replace ``lr``'s (the wrong-context ablation)."""
+        """``maps``: the user's maps (modality -> image), used instead of the extractors';
+        ``context``: another image whose extracted maps replace ``lr``'s (the wrong-context
+        ablation, where ``maps`` are that image's user maps too)."""
         raise NotImplementedError
 
 
@@ -138,17 +147,32 @@ class EngineMethod(Method):
         self.engine, self.name, self.label, self.steps = engine, name, label, steps
 
     def run(
-        self, lr: Image.Image, *, caption: str, seed: int, setting: Setting, context: Image.Image | None = None
+        self,
+        lr: Image.Image,
+        *,
+        caption: str,
+        seed: int,
+        setting: Setting,
+        maps: dict[str, Image.Image] | None = None,
+        context: Image.Image | None = None,
     ) -> MethodOutput:
         settings = setting.settings(caption=caption, seed=seed, steps=self.steps)
-        maps = None if context is None else self.context_maps(context, lr, settings)
-        result = self.engine.upscale(lr, settings, user_maps=maps)
+        maps = dict(maps or {})
+        if context is not None:
+            # another image's maps, stretched onto lr: its user maps, the extractors' for the rest
+            maps = {k: m.resize(lr.size, Image.Resampling.NEAREST) for k, m in maps.items()}
+            maps = {**self.context_maps(context, lr, settings, skip=set(maps)), **maps}
+        result = self.engine.upscale(lr, settings, user_maps=maps or None)
         return MethodOutput(result.image, dict(result.timings), list(result.warnings))
 
-    def context_maps(self, context: Image.Image, lr: Image.Image, settings: UpscaleSettings) -> dict:
-        """The maps the extractors make of ``context`` at ``lr``'s size (so they fit ``lr`` as user maps)."""
+    def context_maps(
+        self, context: Image.Image, lr: Image.Image, settings: UpscaleSettings, skip: set[str] = frozenset()
+    ) -> dict:
+        """The maps the extractors make of ``context`` at ``lr``'s size (so they fit ``lr`` as user
+        maps), except those in ``skip``."""
         context = context.convert("RGB").resize(lr.size, Image.Resampling.BICUBIC)
-        results = self.engine.extract(context, settings.modalities, flat_guard=settings.flat_guard)
+        enabled = {k: on and k not in skip for k, on in settings.modalities.items()}
+        results = self.engine.extract(context, enabled, flat_guard=settings.flat_guard)
         return {k: r.map.resize(lr.size, Image.Resampling.NEAREST) for k, r in results.items() if r.available}
 
 
@@ -175,8 +199,16 @@ class BaselineMethod(Method):
         return ""
 
     def run(
-        self, lr: Image.Image, *, caption: str, seed: int, setting: Setting, context: Image.Image | None = None
+        self,
+        lr: Image.Image,
+        *,
+        caption: str,
+        seed: int,
+        setting: Setting,
+        maps: dict[str, Image.Image] | None = None,
+        context: Image.Image | None = None,
     ) -> MethodOutput:
+        """Baselines see only the LR and the caption: ``maps`` and ``context`` do not apply."""
         start = time.perf_counter()
         image = self.baseline.run(lr, setting.settings(caption=caption, seed=seed, steps=self.steps))
         return MethodOutput(image, {"method": time.perf_counter() - start})

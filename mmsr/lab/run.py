@@ -72,6 +72,7 @@ class RunConfig:
     lr_seed: int = 0
     limit: int | None = None
     report: bool = True
+    maps: dict[str, Path] = field(default_factory=dict)  # modality -> folder of user maps (see data.py)
 
     def validate(self) -> RunConfig:
         if self.guidance is None:
@@ -92,6 +93,11 @@ class RunConfig:
         for name in self.temperatures:
             if name not in MODALITIES:
                 raise ValueError(f"unknown modality {name!r} in --temperature; expected {', '.join(MODALITIES)}")
+        for name, folder in self.maps.items():
+            if name not in MODALITIES:
+                raise ValueError(f"unknown modality {name!r} in --maps; expected {', '.join(MODALITIES)}")
+            if not Path(folder).is_dir():
+                raise ValueError(f"--maps {name}={folder}: no such folder")
         if not (self.guidance and self.cfg_modes and self.seeds):
             raise ValueError("--guidance, --cfg-modes and --seeds need at least one value each")
         # the settings' own checks, now rather than one failed row at a time
@@ -121,6 +127,8 @@ class RunConfig:
             "preset": self.preset,
             "checkpoint": self.checkpoint,
             "steps": self.steps,
+            # only when given, so results folders written before --maps existed still resume
+            **({"maps": {k: str(Path(v).resolve()) for k, v in sorted(self.maps.items())}} if self.maps else {}),
         }
 
 
@@ -245,7 +253,7 @@ def check_run_file(out: Path, config: RunConfig) -> None:
         return
     old = json.loads(path.read_text()).get("invariants", {})
     new = config.invariants()
-    changed = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in {**old, **new} if old.get(k) != new.get(k)]
     if changed:
         raise ValueError(f"{out} holds results of a different run ({'; '.join(changed)}); choose another --out")
 
@@ -289,6 +297,7 @@ class JobRunner:
                 self.config.lr,
                 crop=self.config.crop,
                 seed=self.config.lr_seed,
+                maps=self.config.maps,
             )
             folder = self.config.out / "inputs" / self.folders[image_id]
             save_atomic(item.lr, folder / "lr.png", overwrite=True)
@@ -306,14 +315,15 @@ class JobRunner:
         return result.text or "", [] if result.available else [f"no caption: {result.reason}"]
 
     def context(self, job: Job):
-        """For the wrong-context ablation, the LR whose maps replace this image's: another image of the
-        set, by a derangement with a fixed seed (the same in every process and rerun); else ``None``."""
+        """For the wrong-context ablation, the image whose maps (user maps and extracted) replace this
+        one's: another image of the set, by a derangement with a fixed seed (the same in every
+        process and rerun); else ``None``."""
         if job.setting.subset != WRONG_CONTEXT:
             return None
         partner = derangement(sorted(self.paths), seed=CONTEXT_SEED).get(job.image)
         if partner is None:
             raise ValueError("the wrong-context ablation needs at least two images")
-        return self.inputs(partner).lr
+        return self.inputs(partner)
 
     def run(self, job: Job) -> dict:
         method = self.methods.methods[job.method]
@@ -324,7 +334,16 @@ class JobRunner:
             row["caption"] = caption
             start = time.perf_counter()
             context = self.context(job)
-            out = method.run(item.lr, caption=caption, seed=job.seed, setting=job.setting, context=context)
+            source = context or item  # whose maps this row is given
+            notes += source.notes if "subset" in method.axes else []
+            out = method.run(
+                item.lr,
+                caption=caption,
+                seed=job.seed,
+                setting=job.setting,
+                maps=source.maps,
+                context=None if context is None else context.lr,
+            )
             row["seconds_method"] = time.perf_counter() - start
             save_atomic(out.image, self.config.out / row["output"], overwrite=True)
             start = time.perf_counter()
@@ -440,7 +459,7 @@ def _write_run_file(out: Path, config: RunConfig, unavailable: dict[str, str], n
         "sweep": {
             "methods": config.methods, "guidance": config.guidance, "cfg_modes": config.cfg_modes,
             "subsets": config.subsets, "temperatures": config.temperatures, "seeds": config.seeds,
-            "caption_kinds": config.caption_kinds,
+            "caption_kinds": config.caption_kinds, "maps": config.maps,
         },
         "unavailable_methods": unavailable,
         "notes": notes,
