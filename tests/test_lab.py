@@ -57,14 +57,14 @@ def test_plan_projects_settings_and_dedupes(tmp_path):
     ).validate()  # fmt: skip
     methods = {
         "mmsr": Stub("mmsr", MMSR_AXES, True),
-        "text-only": Stub("text-only", TEXT_AXES, True),
+        "text-only-mmsr": Stub("text-only-mmsr", TEXT_AXES, True),
         "bicubic": Stub("bicubic"),
     }
     jobs, notes = plan(config, ["a.png", "b.png"], {"a.png": "cat", "b.png": "dog"}, methods)
     per_image = [j for j in jobs if j.image == "a.png"]
     # mmsr: base, (m-cfg,1), (cfg,1), (cfg,4), -depth, edges=0.5, swap; text-only: base, swap; bicubic: base
     assert sum(j.method == "mmsr" for j in per_image) == 7 * 2
-    assert sum(j.method == "text-only" for j in per_image) == 2 * 2
+    assert sum(j.method == "text-only-mmsr" for j in per_image) == 2 * 2
     assert sum(j.method == "bicubic" for j in per_image) == 2
     assert len({j.id for j in jobs}) == len(jobs) and not notes
     swap = next(j for j in per_image if j.setting.caption == "swap")
@@ -139,7 +139,7 @@ def test_end_to_end_run_resume_and_report(lab_data, tmp_path, tiny_pipe):
 
     out = tmp_path / "results"
     config = RunConfig(
-        data=lab_data, out=out, methods=["mmsr", "text-only", "bicubic"], preset="tiny-random", steps=1,
+        data=lab_data, out=out, methods=["mmsr", "text-only-mmsr", "bicubic"], preset="tiny-random", steps=1,
         guidance=[4], cfg_modes=["m-cfg", "cfg"], subsets=["all", "-edges"], temperatures={"edges": [0.5]},
         seeds=[0, 1], caption_kinds=["true", "swap"], metrics=["psnr", "ssim", "lr_psnr"], device="cpu",
     )  # fmt: skip
@@ -168,11 +168,11 @@ def test_end_to_end_run_resume_and_report(lab_data, tmp_path, tiny_pipe):
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     ids = [r["id"] for r in rows]
-    # per image and seed: mmsr base, cfg, -edges, edges=0.5, swap; text-only base, swap; bicubic
+    # per image and seed: mmsr base, cfg, -edges, edges=0.5, swap; text-only-mmsr base, swap; bicubic
     assert len(ids) == len(set(ids)) == summary.planned == 2 * (5 + 2 + 1) * 2
     assert all(r["status"] == "ok" and (out / r["output"]).is_file() for r in rows)
     assert all(float(r["lr_psnr"]) > 0 and float(r["psnr"]) > 0 for r in rows)
-    assert {r["method"] for r in rows} == {"mmsr", "text-only", "bicubic"}
+    assert {r["method"] for r in rows} == {"mmsr", "text-only-mmsr", "bicubic"}
     assert Image.open(out / rows[0]["output"]).size == (64, 64)
 
     markdown, plots = load_report(out)
@@ -476,3 +476,17 @@ def test_user_maps_follow_the_crop_and_wrong_context_swaps_them(lab_data, tmp_pa
     assert "seg map" not in rows["astronaut.png"]["warnings"]
     with pytest.raises(ValueError, match="'depht' in --maps"):
         RunConfig(data=lab_data, out=tmp_path / "o", maps={"depht": maps}).validate()
+
+
+def test_the_old_text_only_name_still_works_and_old_rows_keep_their_ids(tmp_path, capsys):
+    from mmsr.lab.methods import method_names
+    from mmsr.lab.run import Job
+
+    assert method_names(["mmsr", "text-only"]) == ["mmsr", "text-only-mmsr"]
+    assert capsys.readouterr().err.strip() == "note: method 'text-only' is deprecated; write 'text-only-mmsr'"
+    setting = Setting(cfg_mode="m-cfg", guidance=4.0)
+    old_id = Job("a.png", "text-only", setting, 0, "").id
+    assert Job("a.png", "text-only-mmsr", setting, 0, "").id == old_id  # an old folder resumes, nothing reruns
+    with ShardWriter(tmp_path / "results.csv") as writer:
+        writer.write({"id": old_id, "image": "a.png", "method": "text-only", "status": "ok"})
+    assert [r["method"] for r in read_rows(tmp_path / "results.csv")] == ["text-only-mmsr"]

@@ -3,7 +3,7 @@
 Example::
 
     python -m mmsr lab run --data ../shared/data/eval/set5 --captions ../shared/data/captions.json \\
-        --out runs/set5 --methods mmsr,text-only,bicubic,realesrgan --preset lite \\
+        --out runs/set5 --methods mmsr,text-only-mmsr,bicubic,realesrgan --preset lite \\
         --guidance 1,4,7 --cfg-modes m-cfg,m0-cfg,cfg --subsets all,-depth,-seg,-edges,text-only \\
         --temperature depth=0.5/1/2 --seeds 0,1,2
     accelerate launch --num_processes 4 -m mmsr lab run ...   # the same, split over 4 GPUs
@@ -124,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--methods",
         default="all",
-        help="comma list: all, mmsr, text-only, lite-text-only and the baselines",
+        help="comma list: all, mmsr, text-only-mmsr (the engine with every map m_0), lite-text-only (the twin) and the baselines",
     )
     run.add_argument("--preset", default="lite", choices=list(PRESETS))
     run.add_argument("--checkpoint", help="MMSR checkpoint (default: the preset's)")

@@ -18,9 +18,9 @@ from baselines.mmsr_text_only import TextOnlyMMSRBaseline
 from ..conditioning import MODALITIES
 from ..presets import CHECKPOINTS
 from ..settings import SPECS, UpscaleSettings
+from .results import LEGACY_METHODS
 
-TEXT_ONLY = "text-only"  # the lab's column name of the registered baseline TextOnlyMMSRBaseline
-TEXT_ONLY_BASELINE = TextOnlyMMSRBaseline.name
+TEXT_ONLY = TextOnlyMMSRBaseline.name  # text-only MMSR: the engine's own weights with every modality m_0
 TWIN = "lite-text-only"
 TWIN_CHECKPOINT = CHECKPOINTS / TWIN
 # axes of the sweep a method can consume (``caption`` = the caption kind: true, swap, empty)
@@ -218,15 +218,14 @@ def method_names(requested: list[str]) -> list[str]:
     """Expand ``all`` and aliases; keep order, drop repeats, reject unknown names."""
     from baselines import BASELINES
 
-    known = [
-        "mmsr",
-        TEXT_ONLY,
-        *[b for b in BASELINES if b != TEXT_ONLY_BASELINE],
-        TWIN,
-    ]
+    from ..cli import deprecated
+
+    known = ["mmsr", TEXT_ONLY, *[b for b in BASELINES if b != TEXT_ONLY], TWIN]
     out: list[str] = []
     for name in requested:
-        name = TEXT_ONLY if name == TEXT_ONLY_BASELINE else name  # the registered name is an alias here
+        if name in LEGACY_METHODS:
+            deprecated(f"method {name!r}", repr(LEGACY_METHODS[name]))
+            name = LEGACY_METHODS[name]
         expanded = known if name == "all" else [name]
         for n in expanded:
             if n not in known:
@@ -254,7 +253,7 @@ def build_methods(
 ) -> MethodSet:
     """Instantiate the requested methods on ``device``; unavailable ones come back with a reason.
 
-    The engine (MMSR's weights) is shared by ``mmsr`` and ``text-only``; ``lite-text-only`` is the
+    The engine (MMSR's weights) is shared by ``mmsr`` and ``text-only-mmsr``; ``lite-text-only`` is the
     separately trained text-only twin in ``checkpoints/lite-text-only`` (lite preset only).
     """
     from baselines import get_baseline
@@ -270,8 +269,7 @@ def build_methods(
         if name == "mmsr":
             methods[name] = EngineMethod(engine, steps=steps)
         elif name == TEXT_ONLY:
-            baseline = get_baseline(TEXT_ONLY_BASELINE, engine=engine, device=device)
-            methods[name] = BaselineMethod(baseline, name=TEXT_ONLY, steps=steps)
+            methods[name] = BaselineMethod(get_baseline(TEXT_ONLY, engine=engine, device=device), steps=steps)
         elif name == TWIN:
             reason = _twin_blocker(preset)
             if reason:
@@ -279,7 +277,7 @@ def build_methods(
                 continue
             twin = Engine.load(preset, checkpoint=str(TWIN_CHECKPOINT), device=device)
             methods[name] = BaselineMethod(
-                get_baseline(TEXT_ONLY_BASELINE, engine=twin, device=device),
+                get_baseline(TEXT_ONLY, engine=twin, device=device),
                 name=TWIN,
                 steps=steps,
             )

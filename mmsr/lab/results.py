@@ -20,6 +20,8 @@ from ..conditioning import MODALITIES
 from ..files import temp_beside
 from ..metrics import METRICS
 
+# lab method names before text-only MMSR used its registered name; rows and row ids still read them
+LEGACY_METHODS = {"text-only": "text-only-mmsr"}
 RESULTS = "results.csv"
 SHARDS = "shards"
 STATUSES = ("ok", "error")
@@ -102,12 +104,15 @@ def _unused(path: Path) -> Path:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """Complete rows of one CSV (a row cut off mid-write is dropped)."""
+    """Complete rows of one CSV (a row cut off mid-write is dropped); old method names read as today's."""
     path = Path(path)
     if not path.is_file():
         return []
     with open(path, encoding="utf-8", newline="") as f:
-        return [row for row in csv.DictReader(f) if row.get("status") in STATUSES and row.get("id")]
+        rows = [row for row in csv.DictReader(f) if row.get("status") in STATUSES and row.get("id")]
+    for row in rows:
+        row["method"] = LEGACY_METHODS.get(row.get("method"), row.get("method"))
+    return rows
 
 
 def collect(out_dir: str | Path) -> list[dict]:

@@ -35,8 +35,8 @@ from ..imageio import save_atomic
 from ..presets import get_preset
 from ..settings import SPECS, UpscaleSettings
 from .data import derangement, find_images, load_captions, prepare
-from .methods import WRONG_CONTEXT, Method, Setting, check_subset
-from .results import RESULTS, ShardWriter, done_ids, merge, shard_path
+from .methods import WRONG_CONTEXT, Method, Setting, check_subset, method_names
+from .results import LEGACY_METHODS, RESULTS, ShardWriter, done_ids, merge, shard_path
 
 RUN_FILE = "run.json"
 MIN_CROP = 8  # LR pixels: the model's smallest input side
@@ -45,6 +45,7 @@ _UNSAFE = re.compile(r"[^\w.-]")  # kept in folder names: letters and digits of 
 CAPTION_KINDS = ("true", "swap", "empty")
 CONTEXT_SEED = 0  # of the derangement that gives each image another's maps (subset wrong-context)
 AUTO = "<auto>"
+_ID_NAMES = {new: old for old, new in LEGACY_METHODS.items()}
 
 
 @dataclass
@@ -75,6 +76,7 @@ class RunConfig:
     maps: dict[str, Path] = field(default_factory=dict)  # modality -> folder of user maps (see data.py)
 
     def validate(self) -> RunConfig:
+        self.methods = method_names(self.methods)
         if self.guidance is None:
             self.guidance = [get_preset(self.preset).default_guidance]
         if self.limit is not None and self.limit < 1:
@@ -143,7 +145,8 @@ class Job:
 
     @property
     def id(self) -> str:
-        key = json.dumps([self.image, self.method, asdict(self.setting), self.caption_key, self.seed])
+        method = _ID_NAMES.get(self.method, self.method)  # a renamed method keeps its ids: old folders resume
+        key = json.dumps([self.image, method, asdict(self.setting), self.caption_key, self.seed])
         return hashlib.sha1(key.encode()).hexdigest()[:16]
 
     def output(self) -> str:

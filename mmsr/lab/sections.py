@@ -17,7 +17,7 @@ from PIL import Image
 from ..conditioning import MODALITIES
 from ..metrics import METRICS
 from . import hallucination, plots
-from .methods import SUBSETS, WRONG_CONTEXT, Setting
+from .methods import SUBSETS, TEXT_ONLY, TWIN, WRONG_CONTEXT, Setting
 from .render import escape
 from .results import number, row_file
 from .stats import Estimate, bootstrap, paired_difference, per_image
@@ -113,12 +113,15 @@ class Context:
             lines.append(
                 f"**Caption swap**: {escape(still)} moves least (PSNR between its two outputs {self.swap[still]['psnr'].text()} dB)."
             )
-            if MMSR in self.swap and "text-only" in self.swap:
-                a, b = self.swap[MMSR]["psnr"].mean, self.swap["text-only"]["psnr"].mean
-                verdict = "as the paper claims" if a > b else "not what the paper reports (untrained or weak weights?)"
-                lines.append(
-                    f"MMSR {'moves less' if a > b else 'moves more'} than text-only MMSR under a swapped caption ({a:.3g} vs {b:.3g} dB): {verdict}."
-                )
+            for other, label in ((TEXT_ONLY, "text-only MMSR"), (TWIN, "the text-only twin")):
+                if MMSR in self.swap and other in self.swap:
+                    a, b = self.swap[MMSR]["psnr"].mean, self.swap[other]["psnr"].mean
+                    verdict = (
+                        "as the paper claims" if a > b else "not what the paper reports (untrained or weak weights?)"
+                    )
+                    lines.append(
+                        f"MMSR {'moves less' if a > b else 'moves more'} than {label} under a swapped caption ({a:.3g} vs {b:.3g} dB): {verdict}."
+                    )
         table, _ = self.seeds
         stochastic = {m: e for m, e in table.items() if e.mean > 0}
         if stochastic:
