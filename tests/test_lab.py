@@ -282,7 +282,16 @@ def test_ids_and_report_text_from_any_names(ids, tmp_path_factory):
     import html
     import re
 
-    from mmsr.lab.render import escape, keep_links_inside, render_html, render_markdown
+    from mmsr.lab.render import (
+        Bullets,
+        Figure,
+        Paragraph,
+        Table,
+        escape,
+        keep_links_inside,
+        render_html,
+        render_markdown,
+    )
     from mmsr.lab.run import output_folders
 
     names = output_folders(ids)
@@ -290,11 +299,11 @@ def test_ids_and_report_text_from_any_names(ids, tmp_path_factory):
     assert all(n not in ("", ".", "..") and "/" not in n and not n.startswith(".") for n in names.values())
     folder = tmp_path_factory.mktemp("report")
     blocks = [
-        ("p", " ".join(map(escape, ids))),
-        ("ul", [escape(i) for i in ids]),
-        ("table", ["x"], [[i] for i in ids], set()),
+        Paragraph(" ".join(map(escape, ids))),
+        Bullets([escape(i) for i in ids]),
+        Table(["x"], [[i] for i in ids]),
+        Figure("plots/none.png", ids[0]),
     ]
-    blocks.append(("img", "plots/none.png", ids[0]))
     markdown = render_markdown(blocks)
     kept, images = keep_links_inside(markdown, folder)
     assert images == [] and kept == markdown.replace(f"![{escape(ids[0])}](plots/none.png)", "")

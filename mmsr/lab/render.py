@@ -1,9 +1,9 @@
 """Report blocks to Markdown and HTML, with text from the data escaped and links kept inside.
 
-A block is ``("h", level, text)``, ``("p", text)``, ``("ul", [text, ...])``, ``("img", path, alt)``
-or ``("table", header, rows, bold)``. Heading, paragraph and list texts are Markdown written by
-the sections, which pass every name that comes from the data (file and folder names, methods,
-captions, errors) through :func:`escape`; table cells and image captions are plain text, escaped
+A report is a list of :data:`Block`: :class:`Heading`, :class:`Paragraph`, :class:`Bullets`,
+:class:`Figure` and :class:`Table`. Heading, paragraph and list texts are Markdown written by the
+sections, which pass every name that comes from the data (file and folder names, methods,
+captions, errors) through :func:`escape`; table cells and figure captions are plain text, escaped
 here. A report read back from disk may have been written by anyone: :func:`keep_links_inside`
 drops every link and image that does not resolve to a file inside the report's folder.
 """
@@ -12,7 +12,41 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str  # Markdown
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str  # Markdown
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: Sequence[str]  # Markdown, one per item
+
+
+@dataclass(frozen=True)
+class Figure:
+    path: str  # relative to the report
+    alt: str  # plain text, also the caption
+
+
+@dataclass(frozen=True)
+class Table:
+    header: Sequence[str]  # plain text
+    rows: Sequence[Sequence[str]]  # plain text
+    bold: frozenset[tuple[int, int]] | set[tuple[int, int]] = field(default_factory=frozenset)  # (row, column)
+
+
+Block = Heading | Paragraph | Bullets | Figure | Table
 
 # CommonMark lets any ASCII punctuation be backslash-escaped; these are the ones that start
 # markup here (emphasis, code, links, images, HTML, tables, headings, strike-through, maths)
@@ -28,26 +62,27 @@ def escape(text: object) -> str:
     return _SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
-def render_markdown(blocks: list) -> str:
-    out = []
-    for block in blocks:
-        kind = block[0]
-        if kind == "h":
-            out.append("#" * block[1] + " " + block[2])
-        elif kind == "p":
-            out.append(block[1])
-        elif kind == "ul":
-            out.append("\n".join(f"- {item}" for item in block[1]))
-        elif kind == "img":
-            out.append(f"![{escape(block[2])}]({block[1]})")
-        elif kind == "table":
-            header, rows, bold = block[1], block[2], block[3]
+def render_markdown(blocks: list[Block]) -> str:
+    return "\n\n".join(_markdown(block) for block in blocks) + "\n"
+
+
+def _markdown(block: Block) -> str:
+    match block:
+        case Heading(level, text):
+            return "#" * level + " " + text
+        case Paragraph(text):
+            return text
+        case Bullets(items):
+            return "\n".join(f"- {item}" for item in items)
+        case Figure(path, alt):
+            return f"![{escape(alt)}]({path})"
+        case Table(header, rows, bold):
             lines = ["| " + " | ".join(map(escape, header)) + " |", "|" + "---|" * len(header)]
             for i, row in enumerate(rows):
                 cells = [f"**{escape(c)}**" if (i, j) in bold else escape(c) for j, c in enumerate(row)]
                 lines.append("| " + " | ".join(cells) + " |")
-            out.append("\n".join(lines))
-    return "\n\n".join(out) + "\n"
+            return "\n".join(lines)
+    raise TypeError(f"not a report block: {block!r}")
 
 
 def _inline(text: str) -> str:
@@ -58,23 +93,20 @@ def _inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
-def render_html(blocks: list, title: str) -> str:
-    body = []
-    for block in blocks:
-        kind = block[0]
-        if kind == "h":
-            body.append(f"<h{block[1]}>{_inline(block[2])}</h{block[1]}>")
-        elif kind == "p":
-            body.append(f"<p>{_inline(block[1])}</p>")
-        elif kind == "ul":
-            body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in block[1]) + "</ul>")
-        elif kind == "img":
-            src, alt = html.escape(block[1]), html.escape(block[2])
-            body.append(f'<figure><img src="{src}" alt="{alt}"><figcaption>{alt}</figcaption></figure>')
-        elif kind == "table":
-            header, rows, bold = block[1], block[2], block[3]
+def _html(block: Block) -> str:
+    match block:
+        case Heading(level, text):
+            return f"<h{level}>{_inline(text)}</h{level}>"
+        case Paragraph(text):
+            return f"<p>{_inline(text)}</p>"
+        case Bullets(items):
+            return "<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>"
+        case Figure(path, alt):
+            src, alt = html.escape(path), html.escape(alt)
+            return f'<figure><img src="{src}" alt="{alt}"><figcaption>{alt}</figcaption></figure>'
+        case Table(header, rows, bold):
             head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-            trs = [
+            trs = "".join(
                 "<tr>"
                 + "".join(
                     f"<td><b>{html.escape(c)}</b></td>" if (i, j) in bold else f"<td>{html.escape(c)}</td>"
@@ -82,8 +114,13 @@ def render_html(blocks: list, title: str) -> str:
                 )
                 + "</tr>"
                 for i, row in enumerate(rows)
-            ]
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(trs)}</tbody></table>")
+            )
+            return f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>"
+    raise TypeError(f"not a report block: {block!r}")
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    body = [_html(block) for block in blocks]
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"

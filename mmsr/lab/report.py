@@ -17,9 +17,8 @@ from pathlib import Path
 
 from ..files import temp_beside
 from ..metrics import METRICS
-from .render import escape, keep_links_inside, render_html, render_markdown
-from .results import RESULTS, SHARDS, collect, merge, number, row_file
-from .run import RUN_FILE
+from .render import Block, Bullets, Heading, escape, keep_links_inside, render_html, render_markdown
+from .results import RESULTS, RUN_FILE, SHARDS, collect, merge, number, row_file
 from .sections import Context, sections
 from .stats import CI_METHOD, per_image
 
@@ -42,7 +41,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     info = json.loads((root / RUN_FILE).read_text(encoding="utf-8")) if (root / RUN_FILE).is_file() else {}
     ctx = Context(root, rows, info, out)
     blocks = [
-        ("h", 1, "MMSR Lab report"),
+        Heading(1, "MMSR Lab report"),
         *_overview(ctx),
         *sections(ctx),
         *_notes(ctx),
@@ -117,7 +116,7 @@ def _write(path: Path, text: str) -> None:
 # -- overview and notes ---------------------------------------------------------------------------
 
 
-def _overview(ctx: Context) -> list:
+def _overview(ctx: Context) -> list[Block]:
     inv = ctx.info.get("invariants", {})
     ok = ctx.ok
     images = sorted({r["image"] for r in ok})
@@ -135,10 +134,10 @@ def _overview(ctx: Context) -> list:
         f"Base setting: cfg mode {escape(ctx.base.cfg_mode)}, guidance {ctx.base.guidance:g}, all modalities, tau = 1, true captions.",
         f"Intervals: {CI_METHOD}.",
     ]
-    return [("ul", facts), *_summary(ctx)]
+    return [Bullets(facts), *_summary(ctx)]
 
 
-def _summary(ctx: Context) -> list:
+def _summary(ctx: Context) -> list[Block]:
     """Who wins on which metric at the base setting, with intervals and the paired difference."""
     lines = []
     base_rows = [r for r in ctx.ok if ctx.is_base(r)]
@@ -163,10 +162,10 @@ def _summary(ctx: Context) -> list:
     lines += ctx.hallucination_summary()
     if not lines:
         return []
-    return [("h", 2, "Summary"), ("ul", lines)]
+    return [Heading(2, "Summary"), Bullets(lines)]
 
 
-def _notes(ctx: Context) -> list:
+def _notes(ctx: Context) -> list[Block]:
     notes = [f"{m} not run: {why}" for m, why in ctx.info.get("unavailable_methods", {}).items()]
     notes += [f"{METRICS[m].label} unavailable: {why}" for m, why in ctx.unavailable_metrics().items()]
     notes += ctx.info.get("notes", [])
@@ -178,7 +177,7 @@ def _notes(ctx: Context) -> list:
     if missing:
         notes.append(f"{len(missing)} output images listed in {RESULTS} are missing (e.g. {missing[0]}); left out")
     notes = list(map(escape, notes))
-    return [("h", 2, "Notes"), ("ul", notes)] if notes else []
+    return [Heading(2, "Notes"), Bullets(notes)] if notes else []
 
 
 def describe_setting(row: dict) -> str:

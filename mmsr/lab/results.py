@@ -23,6 +23,7 @@ from ..metrics import METRICS
 # lab method names before text-only MMSR used its registered name; rows and row ids still read them
 LEGACY_METHODS = {"text-only": "text-only-mmsr"}
 RESULTS = "results.csv"
+RUN_FILE = "run.json"  # the sweep and its invariants, written by `lab run`
 SHARDS = "shards"
 STATUSES = ("ok", "error")
 HEAD = [

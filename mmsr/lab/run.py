@@ -36,9 +36,8 @@ from ..presets import get_preset
 from ..settings import SPECS, UpscaleSettings
 from .data import derangement, find_images, load_captions, prepare
 from .methods import WRONG_CONTEXT, Method, Setting, check_subset, method_names
-from .results import LEGACY_METHODS, RESULTS, ShardWriter, done_ids, merge, shard_path
+from .results import LEGACY_METHODS, RESULTS, RUN_FILE, ShardWriter, done_ids, merge, shard_path
 
-RUN_FILE = "run.json"
 MIN_CROP = 8  # LR pixels: the model's smallest input side
 MAX_NAME = 120  # characters of an image's folder name (file systems allow 255 bytes)
 _UNSAFE = re.compile(r"[^\w.-]")  # kept in folder names: letters and digits of any script, _ . -

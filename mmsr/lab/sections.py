@@ -18,7 +18,7 @@ from ..conditioning import MODALITIES
 from ..metrics import METRICS
 from . import hallucination, plots
 from .methods import SUBSETS, TEXT_ONLY, TWIN, WRONG_CONTEXT, Setting
-from .render import escape
+from .render import Block, Figure, Heading, Paragraph, Table, escape
 from .results import number, row_file
 from .stats import Estimate, bootstrap, paired_difference, per_image
 
@@ -135,7 +135,7 @@ class Context:
         return lines
 
 
-def sections(ctx: Context) -> list:
+def sections(ctx: Context) -> list[Block]:
     return [
         *method_table(ctx),
         *tradeoff(ctx),
@@ -157,7 +157,7 @@ def _table(
     by_metric: dict[str, dict[str, dict[str, float]]],
     first: str,
     extra=None,
-) -> tuple:
+) -> Table:
     """A table block: one row per group, one column per metric (mean over images), best in bold."""
     names = [m for m in by_metric if by_metric[m]]
     rows, bold = [], set()
@@ -173,10 +173,10 @@ def _table(
             best = (min if METRICS[name].lower_better else max)(means.values())
             bold |= {(i, j) for i, v in means.items() if v == best}
     header = [first, *map(_header, names)] + (["s / image"] if extra else [])
-    return ("table", header, rows, bold)
+    return Table(header, rows, bold)
 
 
-def method_table(ctx: Context) -> list:
+def method_table(ctx: Context) -> list[Block]:
     """Table 1: methods x metrics at the base setting."""
     rows = [r for r in ctx.ok if ctx.is_base(r)]
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -186,11 +186,8 @@ def method_table(ctx: Context) -> list:
     seconds = per_image(rows, lambda r: number(r, "seconds_method"), lambda r: r["method"])
     n = len({r["image"] for r in rows})
     return [
-        ("h", 2, "Method comparison (paper Table 1)"),
-        (
-            "p",
-            f"Mean over {n} images (seeds averaged per image) at the base setting; best in bold.",
-        ),
+        Heading(2, "Method comparison (paper Table 1)"),
+        Paragraph(f"Mean over {n} images (seeds averaged per image) at the base setting; best in bold."),
         _table(
             methods,
             by_metric,
@@ -200,7 +197,7 @@ def method_table(ctx: Context) -> list:
     ]
 
 
-def tradeoff(ctx: Context) -> list:
+def tradeoff(ctx: Context) -> list[Block]:
     """Fig. 10 / Table 3: distortion vs perception across guidance, one line per cfg mode."""
     rows = [
         r
@@ -235,21 +232,16 @@ def tradeoff(ctx: Context) -> list:
         ctx.plots / "tradeoff.png",
     )
     return [
-        ("h", 2, "Perception-distortion trade-off (paper Fig. 10, Table 3)"),
-        (
-            "p",
-            f"MMSR over guidance w for each cfg mode: x = {METRICS[x].label}, y = {', '.join(METRICS[y].label for y in ys)}; bars are 95% intervals.",
+        Heading(2, "Perception-distortion trade-off (paper Fig. 10, Table 3)"),
+        Paragraph(
+            f"MMSR over guidance w for each cfg mode: x = {METRICS[x].label}, y = {', '.join(METRICS[y].label for y in ys)}; bars are 95% intervals."
         ),
-        (
-            "img",
-            ctx.link(path),
-            "Trade-off across guidance, one line per cfg mode",
-        ),
-        ("table", ["cfg mode", "w", *map(_header, [x, *ys])], table, set()),
+        Figure(ctx.link(path), "Trade-off across guidance, one line per cfg mode"),
+        Table(["cfg mode", "w", *map(_header, [x, *ys])], table),
     ]
 
 
-def ablation(ctx: Context) -> list:
+def ablation(ctx: Context) -> list[Block]:
     """Fig. 8: MMSR with modality subsets removed, at the base guidance."""
     rows = [
         r
@@ -264,21 +256,16 @@ def ablation(ctx: Context) -> list:
     panels = {_header(m): {s: bootstrap(v.values()) for s, v in by_metric[m].items()} for m in shown}
     path = plots.bars(subsets, panels, "Modality ablation (MMSR)", ctx.plots / "ablation.png")
     return [
-        ("h", 2, "Modality ablation (paper Fig. 8)"),
-        (
-            "p",
-            "`-x`: modality x replaced by m_0; `-text`: empty caption; `text-only`: every map m_0; `none`: nothing but the LR.",
+        Heading(2, "Modality ablation (paper Fig. 8)"),
+        Paragraph(
+            "`-x`: modality x replaced by m_0; `-text`: empty caption; `text-only`: every map m_0; `none`: nothing but the LR."
         ),
-        (
-            "img",
-            ctx.link(path),
-            "Modality ablation, 95% intervals",
-        ),
+        Figure(ctx.link(path), "Modality ablation, 95% intervals"),
         _table(subsets, by_metric, "subset"),
     ]
 
 
-def wrong_context(ctx: Context) -> list:
+def wrong_context(ctx: Context) -> list[Block]:
     """MMSR given another image's maps (a fixed derangement) against its own maps, at the base setting."""
     rows = [r for r in ctx.ok if r["method"] == MMSR and r["caption_kind"] == "true" and ctx.is_base_but_subset(r)]
     kinds = {"own maps": "all", "wrong maps": WRONG_CONTEXT}
@@ -295,14 +282,13 @@ def wrong_context(ctx: Context) -> list:
     if not table:
         return []
     return [
-        ("h", 2, "Wrong context: another image's maps"),
-        (
-            "p",
+        Heading(2, "Wrong context: another image's maps"),
+        Paragraph(
             "MMSR with every map taken from another image of the set (a derangement with a fixed seed) against "
             "the same model with its own maps, same caption and seed. Values are means with 95% bootstrap "
-            "intervals over images; the difference is paired per image (wrong - own).",
+            "intervals over images; the difference is paired per image (wrong - own)."
         ),
-        ("table", ["metric", *kinds, "difference", "verdict"], table, set()),
+        Table(["metric", *kinds, "difference", "verdict"], table),
     ]
 
 
@@ -313,7 +299,7 @@ def _tau_point(row: dict) -> tuple[str | None, float] | None:
     return changed[0] if changed else (None, 1.0)
 
 
-def temperature(ctx: Context) -> list:
+def temperature(ctx: Context) -> list[Block]:
     """Fig. 9: one modality's tau changed at a time; a contact sheet of output crops per image."""
     rows = [
         r
@@ -325,10 +311,9 @@ def temperature(ctx: Context) -> list:
     if not modalities:
         return []
     blocks = [
-        ("h", 2, "Modality temperature (paper Fig. 9)"),
-        (
-            "p",
-            "Smaller tau = stronger influence of that modality (eq. 5). Central crops of the outputs, first seed.",
+        Heading(2, "Modality temperature (paper Fig. 9)"),
+        Paragraph(
+            "Smaller tau = stronger influence of that modality (eq. 5). Central crops of the outputs, first seed."
         ),
     ]
     for i, image in enumerate(sorted({r["image"] for r in rows})[:MAX_SHEETS]):
@@ -352,13 +337,7 @@ def temperature(ctx: Context) -> list:
             ctx.plots / f"temperature_{i}_{_slug(image)[:40]}.png",  # the index keeps names apart
             reference=_reference(ctx, image),
         )
-        blocks.append(
-            (
-                "img",
-                ctx.link(path),
-                f"Temperature sweep on {image}",
-            )
-        )
+        blocks.append(Figure(ctx.link(path), f"Temperature sweep on {image}"))
     shown = [m for m in ("psnr", "lr_psnr", *NO_REFERENCE) if m in ctx.metrics][:3]
     table = []
     for m in modalities:
@@ -372,11 +351,11 @@ def temperature(ctx: Context) -> list:
                     *[bootstrap(values[n].get(tau, {}).values()).text() for n in shown],
                 ]
             )
-    blocks.append(("table", ["modality", "tau", *map(_header, shown)], table, set()))
+    blocks.append(Table(["modality", "tau", *map(_header, shown)], table))
     return blocks
 
 
-def caption_swap(ctx: Context) -> list:
+def caption_swap(ctx: Context) -> list[Block]:
     """Hallucination (a): how far each caption-conditioned method moves under a misleading caption."""
     if not ctx.swap:
         return []
@@ -408,21 +387,32 @@ def caption_swap(ctx: Context) -> list:
         ctx.plots / "caption_swap.png",
     )
     return [
-        ("h", 2, "Hallucination: caption swap"),
-        ("p", (
+        Heading(2, "Hallucination: caption swap"),
+        Paragraph(
             "Each method run with the image's caption and with another image's (cyclic derangement), same seed and "
-            f"settings. Higher PSNR/SSIM between the two outputs = moved less; identical outputs count as "
+            "settings. Higher PSNR/SSIM between the two outputs = moved less; identical outputs count as "
             f"{hallucination.IDENTICAL_PSNR:g} dB."
-        )),
-        ("img", ctx.link(path), "Caption swap, 95% intervals"),
-        ("table", ["method", "images", "PSNR true vs swap ↑", "SSIM true vs swap ↑", "LR-cons. true", "LR-cons. swap", "Δ LR-cons."], table, set()),
-    ]  # fmt: skip
+        ),
+        Figure(ctx.link(path), "Caption swap, 95% intervals"),
+        Table(SWAP_HEADER, table),
+    ]
+
+
+SWAP_HEADER = (
+    "method",
+    "images",
+    "PSNR true vs swap ↑",
+    "SSIM true vs swap ↑",
+    "LR-cons. true",
+    "LR-cons. swap",
+    "Δ LR-cons.",
+)
 
 
 _NA = Estimate(math.nan, math.nan, math.nan, 0)
 
 
-def seed_variance(ctx: Context) -> list:
+def seed_variance(ctx: Context) -> list[Block]:
     """Hallucination (b): per-pixel standard deviation of the outputs over seeds."""
     table, maps = ctx.seeds
     if not table:
@@ -434,18 +424,12 @@ def seed_variance(ctx: Context) -> list:
         ctx.plots / "seed_variance.png",
     )
     return [
-        ("h", 2, "Hallucination: seed variance"),
-        (
-            "p",
-            "Standard deviation over seeds of each output pixel (grey levels, mean over RGB) at the base setting; deterministic methods give 0.",
+        Heading(2, "Hallucination: seed variance"),
+        Paragraph(
+            "Standard deviation over seeds of each output pixel (grey levels, mean over RGB) at the base setting; deterministic methods give 0."
         ),
-        ("img", ctx.link(path), "Seed variance heatmaps"),
-        (
-            "table",
-            ["method", "images", "mean std over seeds ↓"],
-            [[m, str(e.n), e.text()] for m, e in table.items()],
-            set(),
-        ),
+        Figure(ctx.link(path), "Seed variance heatmaps"),
+        Table(["method", "images", "mean std over seeds ↓"], [[m, str(e.n), e.text()] for m, e in table.items()]),
     ]
 
 
