@@ -95,6 +95,7 @@ class Engine:
         self.pipeline = pipeline
         self.preset = get_preset(preset)
         self.latent_tile = latent_tile
+        self.num_samples = self.preset.default_samples  # samples averaged per output (see MMSRPipeline)
         device = pipeline.device
         self.extractors = (
             extractors if extractors is not None else {k: cls(device=device) for k, cls in EXTRACTORS.items()}
@@ -287,6 +288,7 @@ class Engine:
             generator=generator,
             callback=callback,
             latent_tile=self.latent_tile,
+            num_samples=self.num_samples,
         )
         timings.update({f"{prefix}{k}": v for k, v in out.timings.items() if k != "tokenizer"})
         if notes is not None:

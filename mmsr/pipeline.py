@@ -248,7 +248,9 @@ class MMSRPipeline(DiffusionPipeline):
         overlap = default_overlap(tile, self.unet_factor) if tile else 0
         return tiled_apply(unet, x, tile, overlap, self.unet_factor)
 
-    def check_inputs(self, lr: torch.Tensor, guidance_scale: float, num_inference_steps: int, strength: float) -> None:
+    def check_inputs(
+        self, lr: torch.Tensor, guidance_scale: float, num_inference_steps: int, strength: float, num_samples: int = 1
+    ) -> None:
         """What the model itself can run. The product's narrower ranges are ``mmsr.settings.SPECS``."""
         if lr.ndim != 4 or lr.shape[1] != 3:
             raise ValueError(f"LR image must be a (B, 3, h, w) tensor, got shape {tuple(lr.shape)}")
@@ -259,6 +261,8 @@ class MMSRPipeline(DiffusionPipeline):
             raise ValueError(f"steps must lie in [1, {train_steps}] (the schedule's length), got {num_inference_steps}")
         if not 0 < strength <= 1:
             raise ValueError(f"strength must lie in (0, 1], got {strength}")
+        if not (isinstance(num_samples, int) and num_samples >= 1):
+            raise ValueError(f"num_samples must be a whole number >= 1, got {num_samples!r}")
 
     def temperature_tensor(self, temperatures: dict[str, float] | None) -> torch.Tensor | None:
         """``{"depth": 0.5, ...}`` -> ``(4,)`` tau per group (text last, 1 unless ``"text"`` is given)."""
@@ -288,6 +292,7 @@ class MMSRPipeline(DiffusionPipeline):
         latent_tile: int | None = None,
         strength: float = 1.0,
         stage1: torch.Tensor | None = None,
+        num_samples: int = 1,
     ) -> MMSRPipelineOutput:
         """Args:
         lr: ``(B, 3, h, w)`` in [0, 1]. Output is ``(B, 3, 4h, 4w)``.
@@ -306,9 +311,13 @@ class MMSRPipeline(DiffusionPipeline):
             ``tiling.VAE_TILE_ABOVE`` pixels also go through the VAE in tiles.
         stage1: ``(B, 3, 4h, 4w)`` precomputed stage-1 output (pipelines with a ``stage1`` only; computed
             here when ``None``). Modalities the checkpoint was not trained with are ``m_0``.
+        num_samples: the output is the mean of this many samples drawn from independent noise in one
+            batched run: a Monte Carlo estimate of the posterior mean. With one x0-prediction step from
+            pure noise (``lite``) each sample is the model's E[x0 | condition] plus the noise the model
+            failed to ignore; averaging removes that grain (``Preset.default_samples``).
         """
         # 1. Check inputs
-        self.check_inputs(lr, guidance_scale, num_inference_steps, strength)
+        self.check_inputs(lr, guidance_scale, num_inference_steps, strength, num_samples)
         negative = negative_branch(cfg_mode)
         taus = self.temperature_tensor(temperatures)
         device = self._execution_device
@@ -330,7 +339,9 @@ class MMSRPipeline(DiffusionPipeline):
             cond = self.encode_condition(text[:b], modality_tokens, taus)
             if do_cfg:
                 uncond = self.encode_condition(text[b:], modality_tokens, taus, **negative)
-                cond = torch.cat([uncond, cond])
+                cond = torch.cat([uncond.repeat(num_samples, 1, 1), cond.repeat(num_samples, 1, 1)])
+            else:
+                cond = cond.repeat(num_samples, 1, 1)
 
         # 3. Stage 1, LR latent and initial noise (the VAE works in tiles for large outputs)
         lr = lr.to(device, torch.float32)
@@ -344,6 +355,7 @@ class MMSRPipeline(DiffusionPipeline):
         with timer("vae_encode"), vae_tiling(self.vae, output_side):
             stage1 = None if self.config.stage1 is None else stage1.to(device, torch.float32)
             lr_latent = self.condition_latent(lr_padded, stage1).to(self.unet.dtype)
+            lr_latent = lr_latent.repeat(num_samples, 1, 1, 1)  # sample k of item i at k * B + i
         timesteps = self.get_timesteps(num_inference_steps, strength, device)
         latents = self.prepare_latents(lr_latent, generator, timesteps[0] if strength < 1 else None)
         lr_latent_in = torch.cat([lr_latent] * 2) if do_cfg else lr_latent
@@ -365,5 +377,6 @@ class MMSRPipeline(DiffusionPipeline):
         # 5. Decode and crop the padding away
         with timer("vae_decode"), vae_tiling(self.vae, output_side):
             images = self.decode(latents, lr_latent)[..., : out_size[0], : out_size[1]]
+            images = images.reshape(num_samples, b, *images.shape[1:]).mean(0)
         self.maybe_free_model_hooks()
         return MMSRPipelineOutput(images=images, timings=timer.seconds, warnings=warnings)

@@ -244,3 +244,18 @@ def test_pipeline_checks_what_the_model_can_run_not_the_products_ranges(tiny_pip
     for guidance, steps, match in ((-1.0, 2, "guidance"), (float("nan"), 2, "guidance"), (1.0, length + 1, "length")):
         with pytest.raises(ValueError, match=match):
             tiny_pipe.check_inputs(lr, guidance, steps, 1.0)
+
+
+@pytest.mark.parametrize("guidance", [0.0, 4.0])
+def test_num_samples_averages_samples_from_independent_noise(tiny_pipe, guidance):
+    """num_samples=K is the mean of the K samples that a batch of K copies of the LR draws (same noise)."""
+    lr = torch.rand(1, 3, 16, 16)
+    kw = dict(prompt="a photo", guidance_scale=guidance, num_inference_steps=2)
+    batch = tiny_pipe(lr.repeat(3, 1, 1, 1), generator=torch.Generator().manual_seed(0), **kw).images
+    mean = tiny_pipe(lr, num_samples=3, generator=torch.Generator().manual_seed(0), **kw).images
+    single = tiny_pipe(lr, generator=torch.Generator().manual_seed(0), **kw).images
+    assert mean.shape == single.shape == (1, 3, 64, 64)
+    assert torch.allclose(mean, batch.mean(0, keepdim=True), atol=1e-5)
+    assert torch.allclose(single, batch[:1], atol=1e-5) and not torch.allclose(mean, single, atol=1e-3)
+    with pytest.raises(ValueError, match="num_samples"):
+        tiny_pipe(lr, num_samples=0, **kw)
