@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from ..constants import IMAGE_SUFFIXES, SCALE
-from ..imageio import load_image, pil_to_tensor, tensor_to_pil
+from ..imageio import ImageError, check_map_shape, load_image, pil_to_tensor, tensor_to_pil
 
 LR_MODES = ("bicubic", "degraded", "given")
 
@@ -150,7 +150,7 @@ def prepare(
     if mode not in LR_MODES:
         raise ValueError(f"--lr must be one of {', '.join(LR_MODES)}, not {mode!r}")
     image, _ = load_image(path)
-    user_maps, notes = _load_maps(image_id, image.size, maps or {})
+    user_maps, notes = _load_maps(image_id, image, maps or {})
     side = crop if mode == "given" else crop * SCALE if crop else None
 
     def cut(im: Image.Image) -> Image.Image:
@@ -174,7 +174,7 @@ def prepare(
     return LabImage(image_id, tensor_to_pil(lr), hr, user_maps, notes)
 
 
-def _load_maps(image_id: str, size: tuple[int, int], folders: dict[str, Path]) -> tuple[dict, list[str]]:
+def _load_maps(image_id: str, image: Image.Image, folders: dict[str, Path]) -> tuple[dict, list[str]]:
     """The user maps of one image at the image's own size, and a note for each folder without one."""
     maps, notes = {}, []
     for name, folder in folders.items():
@@ -183,15 +183,11 @@ def _load_maps(image_id: str, size: tuple[int, int], folders: dict[str, Path]) -
             notes.append(f"no {name} map for {image_id} in {folder}: {name} came from its extractor")
             continue
         user_map, _ = load_image(path)
-        if user_map.size != size:
-            ratio = (user_map.width / user_map.height) / (size[0] / size[1])
-            if abs(ratio - 1) > 0.02:
-                raise ValueError(
-                    f"{path}: the {name} map is {user_map.width}x{user_map.height}, "
-                    f"not the aspect ratio of {image_id} ({size[0]}x{size[1]})"
-                )
-            user_map = user_map.resize(size, Image.Resampling.NEAREST)
-        maps[name] = user_map
+        try:
+            check_map_shape(user_map, image, name)
+        except ImageError as e:
+            raise ImageError(f"{path}: {e}") from e
+        maps[name] = user_map.resize(image.size, Image.Resampling.NEAREST)
     return maps, notes
 
 
