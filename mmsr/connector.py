@@ -101,14 +101,14 @@ class MMLConnector(ModelMixin, ConfigMixin):
         """Args:
         sequence: ``(B, M, D)`` condition sequence.
         key_groups: ``(M,)`` group id of each key (0..num_groups-1).
-        temperatures: ``(B, num_groups)`` or ``(num_groups,)`` tau per group, each in [0.4, 10];
-            ``None`` means 1 everywhere (standard attention).
+        temperatures: ``(B, num_groups)`` or ``(num_groups,)`` tau per group, each in [0.4, 10]
+            (checked once, by the pipeline's inputs check; :func:`check_temperatures` for direct
+            callers); ``None`` means 1 everywhere (standard attention).
         """
         b = sequence.shape[0]
         key_scale = None
         if temperatures is not None:
-            temperatures = check_temperatures(temperatures.to(sequence.device, torch.float32))
-            temperatures = temperatures.expand(b, self.config.num_groups)
+            temperatures = temperatures.to(sequence.device, torch.float32).expand(b, self.config.num_groups)
             key_scale = (1.0 / temperatures)[:, key_groups]
         x = self.latents.unsqueeze(0).expand(b, -1, -1).to(sequence.dtype)
         x = self.cross_attn(x, sequence, key_scale) + x

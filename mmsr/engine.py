@@ -230,7 +230,8 @@ class Engine:
         the memory is released, so the engine keeps serving. The result's settings hold the guidance
         weight the run used (the preset's when ``settings`` leave it unset), so a record replays it.
         """
-        settings = replace(settings, guidance=self.guidance(settings))
+        if settings.guidance is None:  # the only rebuild: the preset's w, so a record replays the run
+            settings = replace(settings, guidance=self.preset.default_guidance)
         caption_notes = list(settings.notes)  # e.g. the cut of an overlong caption, made when settings were built
         check_size(lr, MAX_LR_SIDE)
         try:

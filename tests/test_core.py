@@ -97,15 +97,23 @@ def test_lower_temperature_shifts_attention_toward_modality(monkeypatch):
     assert masses[0] < masses[1] < masses[2]
 
 
-def test_temperature_changes_connector_output_and_is_validated():
+def test_temperature_changes_connector_output():
     torch.manual_seed(0)
     conn = MMLConnector(dim=32, num_latents=4, depth=1, heads=2, dim_head=16)
     seq, groups = torch.randn(1, 20, 32), torch.tensor([0] * 10 + [3] * 10)
     base = conn(seq, groups, torch.ones(4))
     assert torch.allclose(base, conn(seq, groups))
     assert not torch.allclose(base, conn(seq, groups, torch.tensor([0.4, 1, 1, 1])))
+
+
+@pytest.mark.parametrize("tau", [0.1, 10.5, float("nan")])
+def test_pipeline_checks_temperatures_once_before_any_step(tiny_pipe, tau):
+    # the pipeline's inputs check is the one range check below the settings (the connector trusts it)
+    steps = []
     with pytest.raises(ValueError, match=r"\[0.4, 10"):
-        conn(seq, groups, torch.tensor([0.1, 1, 1, 1]))
+        tiny_pipe(torch.rand(1, 3, 16, 16), "", num_inference_steps=2, temperatures={"seg": tau},
+                  callback=lambda i, n: steps.append(i))  # fmt: skip
+    assert steps == []
 
 
 def test_combine_algebra():
