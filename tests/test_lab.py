@@ -499,3 +499,20 @@ def test_the_old_text_only_name_still_works_and_old_rows_keep_their_ids(tmp_path
     with ShardWriter(tmp_path / "results.csv") as writer:
         writer.write({"id": old_id, "image": "a.png", "method": "text-only", "status": "ok"})
     assert [r["method"] for r in read_rows(tmp_path / "results.csv")] == ["text-only-mmsr"]
+
+
+def test_output_change_is_measured_from_the_same_jobs_reference(tmp_path):
+    """Mean |output - reference output| per group, paired by image, method, seed and caption kind."""
+    from mmsr.lab.hallucination import output_change
+
+    rows = []
+    for image, shift in (("a.png", 3), ("b.png", 5)):
+        for subset, value in (("all", 100), ("-seg", 100 + shift), ("-edges", 100)):
+            name = f"{image}_{subset}.png"
+            Image.new("RGB", (8, 8), (value,) * 3).save(tmp_path / name)
+            rows.append({"image": image, "method": "mmsr", "seed": "0", "caption_kind": "true",
+                         "subset": subset, "output": name})  # fmt: skip
+    rows.append({**rows[1], "seed": "1"})  # no reference at seed 1: not counted
+    change = output_change(rows, tmp_path, lambda r: r["subset"] == "all", lambda r: r["subset"])
+    assert change["all"].mean == 0 and change["-edges"].mean == 0
+    assert change["-seg"].mean == pytest.approx(4.0) and change["-seg"].n == 2

@@ -3,6 +3,9 @@
 * Caption swap: the same job with the image's own caption and with another image's (a cyclic
   derangement). A method that invents content from text moves more: lower PSNR/SSIM between the
   two outputs and a larger change of LR-consistency. The paper's claim: MMSR moves less.
+* Output change: the mean absolute change of an output (grey levels, 0-255) from the same job at a
+  reference setting (a modality switched to m_0, a temperature moved, another image's maps): how
+  much the model uses what was changed.
 * Seed variance: the per-pixel standard deviation of the outputs over seeds (grey levels, mean
   over RGB); a heatmap per (image, method) and its mean per method.
 """
@@ -69,6 +72,37 @@ def caption_swap(rows: list[dict], root: str | Path) -> dict[str, dict[str, Esti
         for method, images in per_image(pairs, lambda p, k=key: p[k], lambda p: p["method"]).items():
             out.setdefault(method, {})[key] = bootstrap(images.values())
     return out
+
+
+def mean_abs_change(a: Image.Image, b: Image.Image) -> float:
+    """Mean absolute difference of two same-size RGB images, grey levels (0-255)."""
+    return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean())
+
+
+def output_change(
+    rows: list[dict], root: str | Path, reference: Callable[[dict], bool], group: Callable[[dict], object]
+) -> dict[object, Estimate]:
+    """Per ``group(row)``, the mean absolute change of the outputs from the ``reference`` row of the
+    same image, method, seed and caption kind (grey levels; an Estimate over images)."""
+    root = Path(root)
+    job = lambda r: (r["image"], r["method"], r["seed"], r["caption_kind"])  # noqa: E731
+    refs = {job(r): r for r in rows if reference(r)}
+    changes = []
+    for r in rows:
+        ref = refs.get(job(r))
+        if ref is None:
+            continue
+        if ref is r:
+            change = 0.0
+        else:
+            a, b = _open(root, ref["output"]), _open(root, r["output"])
+            if a is None or b is None or a.size != b.size:
+                continue
+            change = mean_abs_change(a, b)
+        changes.append({"image": r["image"], "group": group(r), "change": change})
+    return {
+        g: bootstrap(v.values()) for g, v in per_image(changes, lambda c: c["change"], lambda c: c["group"]).items()
+    }
 
 
 def seed_variance(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -156,7 +157,7 @@ def _table(
     groups: list[str],
     by_metric: dict[str, dict[str, dict[str, float]]],
     first: str,
-    extra=None,
+    extra: tuple[str, Callable[[str], str]] | None = None,
 ) -> Table:
     """A table block: one row per group, one column per metric (mean over images), best in bold."""
     names = [m for m in by_metric if by_metric[m]]
@@ -166,13 +167,13 @@ def _table(
         for name in names:
             values = by_metric[name].get(g)
             cells.append("" if not values else f"{bootstrap(values.values()).mean:.4g}")
-        rows.append(cells + ([extra(g)] if extra else []))
+        rows.append(cells + ([extra[1](g)] if extra else []))
     for j, name in enumerate(names, start=1):
         means = {i: float(r[j]) for i, r in enumerate(rows) if r[j]}
         if len(means) > 1:
             best = (min if METRICS[name].lower_better else max)(means.values())
             bold |= {(i, j) for i, v in means.items() if v == best}
-    header = [first, *map(_header, names)] + (["s / image"] if extra else [])
+    header = [first, *map(_header, names)] + ([extra[0]] if extra else [])
     return Table(header, rows, bold)
 
 
@@ -192,7 +193,7 @@ def method_table(ctx: Context) -> list[Block]:
             methods,
             by_metric,
             "method",
-            lambda m: f"{bootstrap(seconds.get(m, {}).values()).mean:.3g}",
+            ("s / image", lambda m: f"{bootstrap(seconds.get(m, {}).values()).mean:.3g}"),
         ),
     ]
 
@@ -255,13 +256,15 @@ def ablation(ctx: Context) -> list[Block]:
     shown = [m for m in ("psnr", "ssim", "lpips", "lr_psnr", *NO_REFERENCE) if m in ctx.metrics][:4]
     panels = {_header(m): {s: bootstrap(v.values()) for s, v in by_metric[m].items()} for m in shown}
     path = plots.bars(subsets, panels, "Modality ablation (MMSR)", ctx.plots / "ablation.png")
+    change = hallucination.output_change(rows, ctx.root, lambda r: r["subset"] in ("", "all"), lambda r: r["subset"])
     return [
         Heading(2, "Modality ablation (paper Fig. 8)"),
         Paragraph(
-            "`-x`: modality x replaced by m_0; `-text`: empty caption; `text-only`: every map m_0; `none`: nothing but the LR."
+            "`-x`: modality x replaced by m_0; `-text`: empty caption; `text-only`: every map m_0; `none`: nothing but "
+            "the LR. Last column: mean absolute change of the output from `all` (grey levels, 0-255, 95% interval)."
         ),
         Figure(ctx.link(path), "Modality ablation, 95% intervals"),
-        _table(subsets, by_metric, "subset"),
+        _table(subsets, by_metric, "subset", (CHANGE_HEADER, lambda s: change.get(s, _NA).text())),
     ]
 
 
@@ -281,6 +284,10 @@ def wrong_context(ctx: Context) -> list[Block]:
         table.append([_header(name), *cells, diff.text(), verdict])
     if not table:
         return []
+    change = hallucination.output_change(rows, ctx.root, lambda r: r["subset"] == "all", lambda r: r["subset"])
+    if WRONG_CONTEXT in change:
+        moved = change[WRONG_CONTEXT].text()
+        table.append([CHANGE_HEADER, "0 (the reference)", moved, moved, "how far the wrong maps move the output"])
     return [
         Heading(2, "Wrong context: another image's maps"),
         Paragraph(
@@ -351,7 +358,13 @@ def temperature(ctx: Context) -> list[Block]:
                     *[bootstrap(values[n].get(tau, {}).values()).text() for n in shown],
                 ]
             )
-    blocks.append(Table(["modality", "tau", *map(_header, shown)], table))
+    change = hallucination.output_change(
+        [r for r in rows if id(r) in points], ctx.root, lambda r: points[id(r)] == (None, 1.0), lambda r: points[id(r)]
+    )
+    for line in table:
+        m, tau = line[0], float(line[1])
+        line.append(change.get((None, 1.0) if tau == 1 else (m, tau), _NA).text())
+    blocks.append(Table(["modality", "tau", *map(_header, shown), CHANGE_HEADER], table))
     return blocks
 
 
@@ -410,6 +423,7 @@ SWAP_HEADER = (
 
 
 _NA = Estimate(math.nan, math.nan, math.nan, 0)
+CHANGE_HEADER = "output change vs reference (grey levels)"
 
 
 def seed_variance(ctx: Context) -> list[Block]:
