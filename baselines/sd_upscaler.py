@@ -171,7 +171,7 @@ class SDUpscalerBaseline(Baseline):
         from mmsr.modalities.hub import offline_reason
 
         pipeline = StableDiffusionUpscalePipeline.from_pretrained(
-            repo_id, torch_dtype=self.dtype, cache_dir=self.cache_dir, local_files_only=offline_reason() is not None
+            repo_id, dtype=self.dtype, cache_dir=self.cache_dir, local_files_only=offline_reason() is not None
         )
         return pipeline.to(self.device)
 

@@ -313,7 +313,7 @@ def _shared_components(path: Path) -> dict:
         if name not in ("vae", "vqmodel") or not source.is_dir():
             raise _missing(source, f"shared {name} of {path}")
         cls = autoencoder_class(source) if name == "vae" else tokenizer_class(source)
-        shared[name] = cls.from_pretrained(source, torch_dtype=torch.float32, use_safetensors=True)
+        shared[name] = cls.from_pretrained(source, dtype=torch.float32, use_safetensors=True)
     return shared
 
 
@@ -333,7 +333,7 @@ def _load_lite(path: Path) -> MMSRPipeline:
             tokenizer=tokenizer,
             use_safetensors=True,
             local_files_only=True,
-            torch_dtype=torch.float32,
+            dtype=torch.float32,
             **shared,
         )
     except (OSError, ValueError, RuntimeError) as e:

@@ -134,10 +134,10 @@ def load_init(components: dict, folders: list[Path]) -> None:
 
     for folder in folders:
         if (folder / "vae").is_dir():
-            components["vae"] = autoencoder_class(folder / "vae").from_pretrained(folder / "vae", torch_dtype=_f32())
+            components["vae"] = autoencoder_class(folder / "vae").from_pretrained(folder / "vae", dtype=_f32())
         if (folder / "vqmodel").is_dir():
             cls = tokenizer_class(folder / "vqmodel")
-            components["vqmodel"] = cls.from_pretrained(folder / "vqmodel", torch_dtype=_f32())
+            components["vqmodel"] = cls.from_pretrained(folder / "vqmodel", dtype=_f32())
         if (folder / "unet").is_dir():
             warm_start(components, folder)
         if not any((folder / sub).is_dir() for sub in ("vae", "vqmodel", "unet")):
@@ -153,12 +153,12 @@ def warm_start(components: dict, folder: Path) -> None:
     from ..connector import MMLConnector
 
     target = components["unet"].state_dict()
-    source = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=_f32()).state_dict()
+    source = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=_f32()).state_dict()
     matched = {k: v for k, v in source.items() if k in target and v.shape == target[k].shape}
     components["unet"].load_state_dict(matched, strict=False)
     print(f"warm start: {len(matched)}/{len(target)} UNet tensors from {folder / 'unet'}")
     for name, cls in (("connector", MMLConnector), ("condition_embedding", ConditionEmbedding)):
-        components[name] = cls.from_pretrained(folder / name, torch_dtype=_f32())
+        components[name] = cls.from_pretrained(folder / name, dtype=_f32())
 
 
 def _f32():
