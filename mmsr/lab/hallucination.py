@@ -43,11 +43,16 @@ def _open(root: Path, rel: str) -> Image.Image | None:
         return None
 
 
+def mean_abs_change(a: Image.Image, b: Image.Image) -> float:
+    """Mean absolute difference of two same-size RGB images, grey levels (0-255)."""
+    return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean())
+
+
 def caption_swap(rows: list[dict], root: str | Path) -> dict[str, dict[str, Estimate]]:
-    """``{method: {"psnr", "ssim", "lr_true", "lr_swap", "lr_delta"}}``, Estimates over images.
+    """``{method: {"psnr", "ssim", "change", "lr_true", "lr_swap", "lr_delta"}}``, Estimates over images.
 
     ``psnr``/``ssim``: between the outputs with the true and the swapped caption (higher = moved
-    less); ``lr_delta``: LR-consistency with the swapped caption minus with the true one (dB).
+    less); ``change``: their mean absolute difference (grey levels); ``lr_delta``: LR-consistency with the swapped caption minus with the true one (dB).
     """
     from ..metrics import psnr, ssim
 
@@ -64,19 +69,15 @@ def caption_swap(rows: list[dict], root: str | Path) -> dict[str, dict[str, Esti
         lr_true, lr_swap = number(ref, "lr_psnr"), number(swap, "lr_psnr")
         pairs.append({
             "image": swap["image"], "method": swap["method"],
-            "psnr": min(psnr(a, b), IDENTICAL_PSNR), "ssim": ssim(a, b), "lr_true": lr_true, "lr_swap": lr_swap,
+            "psnr": min(psnr(a, b), IDENTICAL_PSNR), "ssim": ssim(a, b), "change": mean_abs_change(a, b),
+            "lr_true": lr_true, "lr_swap": lr_swap,
             "lr_delta": None if lr_true is None or lr_swap is None else lr_swap - lr_true,
         })  # fmt: skip
     out: dict[str, dict[str, Estimate]] = {}
-    for key in ("psnr", "ssim", "lr_true", "lr_swap", "lr_delta"):
+    for key in ("psnr", "ssim", "change", "lr_true", "lr_swap", "lr_delta"):
         for method, images in per_image(pairs, lambda p, k=key: p[k], lambda p: p["method"]).items():
             out.setdefault(method, {})[key] = bootstrap(images.values())
     return out
-
-
-def mean_abs_change(a: Image.Image, b: Image.Image) -> float:
-    """Mean absolute difference of two same-size RGB images, grey levels (0-255)."""
-    return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean())
 
 
 def output_change(
