@@ -23,7 +23,7 @@ class Estimate:
     high: float
     n: int
 
-    def text(self, digits: int = 3) -> str:
+    def text(self, digits: int = 4) -> str:  # 4 significant digits: 20.73 dB, 0.5253
         if self.n == 0:
             return "n/a"
         if self.n == 1:
