@@ -239,6 +239,25 @@ def tradeoff(ctx: Context) -> list[Block]:
         ),
         Figure(ctx.link(path), "Trade-off across guidance, one line per cfg mode"),
         Table(["cfg mode", "w", *map(_header, [x, *ys])], table),
+        *_guidance_slopes(est, sorted(points), [x, *ys]),
+    ]
+
+
+def _guidance_slopes(est: dict, points: list[tuple[str, float]], names: list[str]) -> list[Block]:
+    """Per cfg mode, each metric at its highest w minus its lowest, paired per image (the means
+    above differ across images far more than one image's output differs across w)."""
+    table = []
+    for mode in dict.fromkeys(m for m, _ in points):
+        ws = [w for m, w in points if m == mode]
+        if len(ws) > 1:
+            lo, hi = (mode, ws[0]), (mode, ws[-1])
+            diffs = [paired_difference(est[n].get(hi, {}), est[n].get(lo, {})).text() for n in names]
+            table.append([mode, f"{ws[-1]:g} - {ws[0]:g}", *diffs])
+    if not table:
+        return []
+    return [
+        Paragraph("Highest minus lowest w of each cfg mode, paired per image (95% bootstrap interval)."),
+        Table(["cfg mode", "w", *map(_header, names)], table),
     ]
 
 
