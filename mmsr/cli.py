@@ -10,9 +10,7 @@ import argparse
 import importlib
 import json
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import NoReturn
 
@@ -187,34 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _CtrlC:
-    """SIGINT seen by :func:`run`: some import-time code wraps itself in a bare ``except`` and
-    swallows the KeyboardInterrupt, and the command must not carry on as if nothing happened."""
-
-    seen = False
-
-    @classmethod
-    def handler(cls, signum, frame) -> NoReturn:
-        cls.seen = True
-        raise KeyboardInterrupt
-
-
 def run(argv: list[str] | None = None) -> int:
-    guard = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
-    previous = signal.signal(signal.SIGINT, _CtrlC.handler) if guard else None
-    _CtrlC.seen = False
     try:
         args = build_parser().parse_args(argv)
         args.func(args)
-        if _CtrlC.seen:
-            raise KeyboardInterrupt
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
-        if guard:  # ``None``: the handler was set outside Python; Python's own is the safe default
-            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     return 0
