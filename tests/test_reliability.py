@@ -916,7 +916,10 @@ def test_ctrl_c_while_starting_exits_130_without_traceback(tmp_path):
         "--preset",
         "tiny-random",
     ]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored, and the child would inherit that (exit 0,
+    # the run completed): the child gets the default disposition, as under an interactive Ctrl-C.
+    proc = subprocess.Popen(argv, cwd=ROOT, env=os.environ | {"HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     time.sleep(1.0)  # importing torch and diffusers takes longer than this
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
