@@ -125,3 +125,19 @@ def test_engine_caches_stage1_and_it_doubles_as_the_realesrgan_column():
     assert engine.stage1(lr) is engine.stage1(lr)
     assert np.array_equal(np.asarray(engine.baseline_from_stage1("realesrgan", lr)), np.asarray(known))
     assert engine.baseline_from_stage1("bicubic", lr) is None
+
+
+def test_evaluate_samples_sets_the_engines_sample_count(tmp_path, monkeypatch):
+    """``train --evaluate --samples K`` reaches the engine the scores come from; K < 1 is refused."""
+    import argparse
+
+    from mmsr.engine import Engine
+    from mmsr.training import evaluate
+
+    monkeypatch.setattr(Engine, "load", classmethod(lambda cls, preset, **kw: argparse.Namespace(num_samples=8)))
+    (tmp_path / "captions.json").write_text("{}")
+    assert evaluate.Runner(tmp_path, tmp_path, samples=3)._engine("lite").num_samples == 3
+    assert evaluate.Runner(tmp_path, tmp_path)._engine("lite").num_samples == 8
+    args = argparse.Namespace(contact_sheet=None, out=tmp_path, methods="mmsr", sets="", samples=0, data=tmp_path)
+    with pytest.raises(ValueError, match="--samples must be at least 1"):
+        evaluate.main(args)

@@ -69,6 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="--evaluate: at most this many images per set")
     p.add_argument("--methods", default="", help="--evaluate: comma-separated subset of the methods")
     p.add_argument(
+        "--samples",
+        type=int,
+        help="--evaluate: MMSR samples averaged per output (default: the preset's; use a fresh --out)",
+    )
+    p.add_argument(
         "--contact-sheet", type=Path, help="--evaluate: write a bicubic | Real-ESRGAN | twin | MMSR sheet here"
     )
 

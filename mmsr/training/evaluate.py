@@ -49,8 +49,8 @@ def load_lr(path: Path, real: bool) -> Image.Image:
 class Runner:
     """Makes the SR image of one method; models load on first use."""
 
-    def __init__(self, data: Path, checkpoints: Path):
-        self.data, self.checkpoints = data, checkpoints
+    def __init__(self, data: Path, checkpoints: Path, samples: int | None = None):
+        self.data, self.checkpoints, self.samples = data, checkpoints, samples
         self.captions = json.loads((data / "captions.json").read_text())
         self._models: dict[str, object] = {}
 
@@ -58,7 +58,10 @@ class Runner:
         if name not in self._models:
             from ..engine import Engine
 
-            self._models[name] = Engine.load("lite", checkpoint=self.checkpoints / name, device="cpu")
+            engine = Engine.load("lite", checkpoint=self.checkpoints / name, device="cpu")
+            if self.samples is not None:
+                engine.num_samples = self.samples
+            self._models[name] = engine
         return self._models[name]
 
     def _baseline(self, name: str):
@@ -98,11 +101,13 @@ class Runner:
         return engine.upscale(lr, settings, user_maps={"seg": seg} if seg is not None else None).image
 
 
-def run(data: Path, out: Path, checkpoints: Path, sets: list[str], methods: list[str], limit: int | None) -> dict:
+def run(
+    data: Path, out: Path, checkpoints: Path, sets: list[str], methods: list[str], limit: int | None, samples=None
+) -> dict:
     """Make (or reuse) every SR image and score it; returns ``{set: {kind: {method: {metric: mean}}}}``."""
     from ..metrics import Scorer
 
-    runner, scorer = Runner(data, checkpoints), Scorer(names=list(METRIC_NAMES))
+    runner, scorer = Runner(data, checkpoints, samples), Scorer(names=list(METRIC_NAMES))
     results: dict = {}
     for set_name in sets:
         for kind, stem, lr_path, hr_path in eval_inputs(data, set_name, limit):
@@ -191,7 +196,10 @@ def main(args: argparse.Namespace) -> None:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     from ..presets import CHECKPOINTS
 
-    table = run(args.data, out, CHECKPOINTS, [s for s in args.sets.split(",") if s], methods, args.limit)
+    samples = getattr(args, "samples", None)
+    if samples is not None and samples < 1:
+        raise ValueError(f"--samples must be at least 1, got {samples}")
+    table = run(args.data, out, CHECKPOINTS, [s for s in args.sets.split(",") if s], methods, args.limit, samples)
     # One file per method subset, so processes splitting the methods never overwrite each other.
     stem = "results" if args.methods == "" else "results-" + "-".join(methods)
     (out / f"{stem}.json").write_text(json.dumps(table, indent=2))
