@@ -17,6 +17,8 @@ from PIL import Image
 
 from ..conditioning import MODALITIES
 from ..metrics import METRICS
+from ..presets import PRESETS
+from ..settings import SPECS
 from . import hallucination, plots
 from .methods import SUBSETS, TEXT_ONLY, TWIN, WRONG_CONTEXT, Setting
 from .render import Block, Figure, Heading, Paragraph, Table, escape
@@ -47,13 +49,10 @@ class Context:
 
     def __post_init__(self) -> None:
         self.ok = [r for r in self.rows if r["status"] == "ok"]
-        b = self.info.get("base") or {}
-        self.base = Setting(
-            b.get("cfg_mode", "m-cfg"),
-            float(b.get("guidance", 4.0)),
-            "all",
-            caption="true",
-        )
+        b = self.info.get("base") or {}  # a run.json without it (older runs): the defaults of the run's preset
+        preset = PRESETS.get(str(self.info.get("preset")), PRESETS["lite"])
+        w = b.get("guidance", preset.default_guidance)
+        self.base = Setting(b.get("cfg_mode", SPECS["cfg_mode"].default), float(w), "all", caption="true")
         self.metrics = [m for m in METRICS if any(number(r, m) is not None for r in self.ok)]
 
     @property
