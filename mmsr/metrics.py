@@ -197,6 +197,11 @@ def ssim(a: Image.Image, b: Image.Image) -> float:
     return float((luminance * contrast_structure).mean())
 
 
+def abs_difference(a: Image.Image, b: Image.Image) -> np.ndarray:
+    """``|a - b|`` of two same-size images, averaged over RGB: ``(h, w)`` float32, grey levels (0-255)."""
+    return np.abs(np.asarray(_rgb(a), np.float32) - np.asarray(_rgb(b), np.float32)).mean(axis=2)
+
+
 def lr_consistency(sr: Image.Image, lr: Image.Image) -> tuple[float, np.ndarray]:
     """Fidelity of an SR image to its LR input, sr_eval.py's LR-consistency.
 
@@ -212,8 +217,7 @@ def lr_consistency(sr: Image.Image, lr: Image.Image) -> tuple[float, np.ndarray]
     if sr.width < lr.width or sr.height < lr.height:
         raise ValueError(f"SR {sr.size} is smaller than its LR {lr.size}")
     down = sr.resize(lr.size, Image.BICUBIC)
-    diff = np.abs(np.asarray(down, np.float32) - np.asarray(lr, np.float32))
-    return psnr(down, lr), diff.mean(axis=2)
+    return psnr(down, lr), abs_difference(down, lr)
 
 
 def residual_heatmap(residual: np.ndarray, size: tuple[int, int], *, vmax: float = HEATMAP_MAX) -> Image.Image:

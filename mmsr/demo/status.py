@@ -8,11 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
 from ..conditioning import MODALITIES
-from ..metrics import METRICS, residual_heatmap
+from ..metrics import METRICS, abs_difference, residual_heatmap
 
 
 @dataclass(frozen=True)
@@ -123,8 +122,7 @@ def describe_changes(before: dict, after: dict) -> list[str]:
 
 def change_map(previous: Image.Image, current: Image.Image) -> tuple[Image.Image, float]:
     """Heatmap of ``|previous - current|`` (mean over RGB, grey levels) and its mean."""
-    diff = np.abs(np.asarray(previous.convert("RGB"), np.float32) - np.asarray(current.convert("RGB"), np.float32))
-    per_pixel = diff.mean(axis=-1)
+    per_pixel = abs_difference(previous, current)
     return residual_heatmap(per_pixel, current.size), float(per_pixel.mean())
 
 

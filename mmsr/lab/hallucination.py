@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..conditioning import MODALITIES
+from ..metrics import abs_difference
 from .results import number, row_file
 from .stats import Estimate, bootstrap, per_image
 
@@ -43,11 +44,6 @@ def _open(root: Path, rel: str) -> Image.Image | None:
         return None
 
 
-def mean_abs_change(a: Image.Image, b: Image.Image) -> float:
-    """Mean absolute difference of two same-size RGB images, grey levels (0-255)."""
-    return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean())
-
-
 def caption_swap(rows: list[dict], root: str | Path) -> dict[str, dict[str, Estimate]]:
     """``{method: {"psnr", "ssim", "change", "lr_true", "lr_swap", "lr_delta"}}``, Estimates over images.
 
@@ -69,7 +65,7 @@ def caption_swap(rows: list[dict], root: str | Path) -> dict[str, dict[str, Esti
         lr_true, lr_swap = number(ref, "lr_psnr"), number(swap, "lr_psnr")
         pairs.append({
             "image": swap["image"], "method": swap["method"],
-            "psnr": min(psnr(a, b), IDENTICAL_PSNR), "ssim": ssim(a, b), "change": mean_abs_change(a, b),
+            "psnr": min(psnr(a, b), IDENTICAL_PSNR), "ssim": ssim(a, b), "change": float(abs_difference(a, b).mean()),
             "lr_true": lr_true, "lr_swap": lr_swap,
             "lr_delta": None if lr_true is None or lr_swap is None else lr_swap - lr_true,
         })  # fmt: skip
@@ -99,7 +95,7 @@ def output_change(
             a, b = _open(root, ref["output"]), _open(root, r["output"])
             if a is None or b is None or a.size != b.size:
                 continue
-            change = mean_abs_change(a, b)
+            change = float(abs_difference(a, b).mean())  # the number the app shows after a rerun
         changes.append({"image": r["image"], "group": group(r), "change": change})
     return {
         g: bootstrap(v.values()) for g, v in per_image(changes, lambda c: c["change"], lambda c: c["group"]).items()
