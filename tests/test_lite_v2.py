@@ -141,3 +141,7 @@ def test_evaluate_samples_sets_the_engines_sample_count(tmp_path, monkeypatch):
     args = argparse.Namespace(contact_sheet=None, out=tmp_path, methods="mmsr", sets="", samples=0, data=tmp_path)
     with pytest.raises(ValueError, match="--samples must be at least 1"):
         evaluate.main(args)
+    seen = []
+    monkeypatch.setattr(evaluate, "contact_sheet", lambda runner, path: seen.append(runner.samples))
+    evaluate.main(argparse.Namespace(**{**vars(args), "samples": 2, "contact_sheet": tmp_path / "sheet.png"}))
+    assert seen == [2]  # the contact sheet is made at the same count as the tables

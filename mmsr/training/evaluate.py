@@ -102,9 +102,18 @@ class Runner:
 
 
 def run(
-    data: Path, out: Path, checkpoints: Path, sets: list[str], methods: list[str], limit: int | None, samples=None
+    data: Path,
+    out: Path,
+    checkpoints: Path,
+    sets: list[str],
+    methods: list[str],
+    limit: int | None,
+    samples: int | None = None,
 ) -> dict:
-    """Make (or reuse) every SR image and score it; returns ``{set: {kind: {method: {metric: mean}}}}``."""
+    """Make (or reuse) every SR image and score it; returns ``{set: {kind: {method: {metric: mean}}}}``.
+
+    ``samples``: MMSR's samples per output (default: the preset's); saved images are reused as they are,
+    so a different count needs a fresh ``out``."""
     from ..metrics import Scorer
 
     runner, scorer = Runner(data, checkpoints, samples), Scorer(names=list(METRIC_NAMES))
@@ -184,21 +193,19 @@ def contact_sheet(runner: Runner, path: Path, lr_side: int = 64) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    if getattr(args, "contact_sheet", None):
-        from ..presets import CHECKPOINTS
+    from ..presets import CHECKPOINTS
 
-        contact_sheet(Runner(args.data, CHECKPOINTS), args.contact_sheet)
+    samples = getattr(args, "samples", None)
+    if samples is not None and samples < 1:
+        raise ValueError(f"--samples must be at least 1, got {samples}")
+    if getattr(args, "contact_sheet", None):
+        contact_sheet(Runner(args.data, CHECKPOINTS, samples), args.contact_sheet)
         return
     out = args.out or Path("runs/eval")
     methods = [m for m in (args.methods.split(",") if args.methods else METHODS) if m]
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    from ..presets import CHECKPOINTS
-
-    samples = getattr(args, "samples", None)
-    if samples is not None and samples < 1:
-        raise ValueError(f"--samples must be at least 1, got {samples}")
     table = run(args.data, out, CHECKPOINTS, [s for s in args.sets.split(",") if s], methods, args.limit, samples)
     # One file per method subset, so processes splitting the methods never overwrite each other.
     stem = "results" if args.methods == "" else "results-" + "-".join(methods)
