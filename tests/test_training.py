@@ -280,3 +280,39 @@ def test_two_process_gloo_run(tiny_data, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2
     assert (out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_calibration_scores_the_photos_training_held_out(tiny_data, tmp_path, tiny_pipe, monkeypatch):
+    """``mmsr.training.calibrate`` uses the photos and windows ``--val-photos`` kept out of training."""
+    import argparse
+
+    from accelerate import Accelerator
+
+    from mmsr.engine import Engine
+    from mmsr.training import calibrate, stage1
+
+    stage = _stage(tiny_data, tmp_path, "--stage", "unet")
+    stage.prepare(Accelerator(cpu=True), tmp_path)
+    inputs = list(calibrate.held_out_inputs(tiny_data, val_photos=1, crop_side=64, min_side=64))
+    held = stage.bank.samples[int(stage.val_ids[0])]
+    assert [(key, kind) for key, kind, *_ in inputs] == [(held.key, "degraded"), (held.key, "bicubic")]
+    y, x, h, w = stage1.crop_window(held.image.shape, 64, stage1.photo_seed(held.key, 1))
+    hr, lr = inputs[1][2], inputs[1][3]
+    assert np.array_equal(np.asarray(hr), held.image[y : y + h, x : x + w]) and lr.size == (w // 4, h // 4)
+    assert inputs[0][5] == held.caption
+
+    same = {"psnr": [20.0], "ssim": [0.5], "lr_psnr": [30.0], "niqe": [5.0]}
+    assert calibrate.margins(same, same) == pytest.approx({"psnr": 0.2, "ssim": 0.01, "lr_psnr": 0.0, "niqe": 0.2})
+    worse = {**same, "niqe": [5.3]}
+    assert calibrate.worst(calibrate.margins(worse, same)) == pytest.approx(-0.5)  # 0.1 past a 0.2 gate
+
+    monkeypatch.setattr(Engine, "load", classmethod(lambda cls, preset, **kw: Engine(tiny_pipe, "tiny-random")))
+    monkeypatch.setattr(calibrate, "held_out_inputs", lambda *a, **k: iter(inputs))
+    args = argparse.Namespace(
+        checkpoint=None, data=tiny_data, val_photos=1, seed=0, samples=[1, 2], guidance=[1.0, 3.0]
+    )
+    table = calibrate.run(args)
+    assert len(table) == 2 * 2 * 2  # LR kinds x sample counts x guidance weights
+    for row in table.values():  # NIQE needs more than these 64 px crops
+        assert np.isfinite([row[m] for m in ("psnr", "ssim", "lr_psnr")]).all()
+    assert "| degraded | 2 | 3 |" in calibrate.markdown(table)

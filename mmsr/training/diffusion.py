@@ -322,10 +322,7 @@ class UNetStage:
 
     def split(self, val_photos: int) -> None:
         """Hold ``val_photos`` photos (drawn with the seed) out of every training batch."""
-        ids = np.random.default_rng(self.seed).permutation(len(self.photos))
-        if not 0 <= val_photos < len(ids):
-            raise ValueError(f"--val-photos must lie in [0, {len(ids) - 1}], got {val_photos}")
-        self.val_ids, self.train_ids = np.sort(ids[:val_photos]), np.sort(ids[val_photos:])
+        self.val_ids, self.train_ids = held_out(len(self.photos), val_photos, self.seed)
 
     @torch.no_grad()
     def validate(self, model) -> dict[str, float]:
@@ -425,6 +422,14 @@ class UNetStage:
                 part.to(torch.float32)
         record = {"text_only": self.text_only, "trained_modalities": pipe.config.trained_modalities}
         (out / "pipeline" / "training.json").write_text(json.dumps(record, indent=2))
+
+
+def held_out(n_photos: int, val_photos: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(val_ids, train_ids)``: the photo indices ``--val-photos`` holds out (drawn with the seed) and the rest."""
+    ids = np.random.default_rng(seed).permutation(n_photos)
+    if not 0 <= val_photos < n_photos:
+        raise ValueError(f"--val-photos must lie in [0, {n_photos - 1}], got {val_photos}")
+    return np.sort(ids[:val_photos]), np.sort(ids[val_photos:])
 
 
 def link_shared(twin: Path, base: Path, parts: tuple[str, ...] = ("vae", "vqmodel")) -> None:
