@@ -141,7 +141,27 @@ def test_evaluate_samples_sets_the_engines_sample_count(tmp_path, monkeypatch):
     args = argparse.Namespace(contact_sheet=None, out=tmp_path, methods="mmsr", sets="", samples=0, data=tmp_path)
     with pytest.raises(ValueError, match="--samples must be at least 1"):
         evaluate.main(args)
+    with pytest.raises(ValueError, match="--guidance must be >= 0"):
+        evaluate.main(argparse.Namespace(**{**vars(args), "samples": 2, "guidance": -1.0}))
     seen = []
     monkeypatch.setattr(evaluate, "contact_sheet", lambda runner, path: seen.append(runner.samples))
     evaluate.main(argparse.Namespace(**{**vars(args), "samples": 2, "contact_sheet": tmp_path / "sheet.png"}))
     assert seen == [2]  # the contact sheet is made at the same count as the tables
+
+    class Recorder:  # stands in for the engine: keeps the settings each method ran under
+        num_samples, runs = 8, []
+
+        def remember_stage1(self, lr, image):
+            pass
+
+        def text_only(self, lr, settings):
+            self.runs.append(settings)
+            return argparse.Namespace(image=lr)
+
+        upscale = text_only
+
+    monkeypatch.setattr(Engine, "load", classmethod(lambda cls, preset, **kw: Recorder()))
+    lr = Image.new("RGB", (8, 8))
+    evaluate.Runner(tmp_path, tmp_path, guidance=0.0)("mmsr_m0", lr, "set14", "x")
+    evaluate.Runner(tmp_path, tmp_path)("twin", lr, "set14", "x")
+    assert [s.guidance for s in Recorder.runs] == [0.0, None]  # --guidance reaches the run; None: the preset's

@@ -74,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="--evaluate: MMSR samples averaged per output (default: the preset's; use a fresh --out)",
     )
     p.add_argument(
+        "--guidance", type=float, help="--evaluate: MMSR's guidance weight w (default: the preset's; use a fresh --out)"
+    )
+    p.add_argument(
         "--contact-sheet", type=Path, help="--evaluate: write a bicubic | Real-ESRGAN | twin | MMSR sheet here"
     )
 

@@ -49,8 +49,8 @@ def load_lr(path: Path, real: bool) -> Image.Image:
 class Runner:
     """Makes the SR image of one method; models load on first use."""
 
-    def __init__(self, data: Path, checkpoints: Path, samples: int | None = None):
-        self.data, self.checkpoints, self.samples = data, checkpoints, samples
+    def __init__(self, data: Path, checkpoints: Path, samples: int | None = None, guidance: float | None = None):
+        self.data, self.checkpoints, self.samples, self.guidance = data, checkpoints, samples, guidance
         self.captions = json.loads((data / "captions.json").read_text())
         self._models: dict[str, object] = {}
 
@@ -89,7 +89,7 @@ class Runner:
         if method in ("bicubic", "realesrgan"):
             return self._baseline(method)(lr)
         caption = self.captions.get(f"eval/{set_name}/{stem}.png", "")
-        settings = UpscaleSettings(caption=caption, auto_caption=False, seed=0)
+        settings = UpscaleSettings(caption=caption, auto_caption=False, seed=0, guidance=self.guidance)
         engine = self._engine("lite-text-only" if method == "twin" else "lite")
         if stage1 is not None:
             engine.remember_stage1(lr, stage1)
@@ -109,14 +109,15 @@ def run(
     methods: list[str],
     limit: int | None,
     samples: int | None = None,
+    guidance: float | None = None,
 ) -> dict:
     """Make (or reuse) every SR image and score it; returns ``{set: {kind: {method: {metric: mean}}}}``.
 
-    ``samples``: MMSR's samples per output (default: the preset's); saved images are reused as they are,
-    so a different count needs a fresh ``out``."""
+    ``samples`` / ``guidance``: MMSR's samples per output and guidance weight (default: the preset's);
+    saved images are reused as they are, so other values need a fresh ``out``."""
     from ..metrics import Scorer
 
-    runner, scorer = Runner(data, checkpoints, samples), Scorer(names=list(METRIC_NAMES))
+    runner, scorer = Runner(data, checkpoints, samples, guidance), Scorer(names=list(METRIC_NAMES))
     results: dict = {}
     for set_name in sets:
         for kind, stem, lr_path, hr_path in eval_inputs(data, set_name, limit):
@@ -198,15 +199,20 @@ def main(args: argparse.Namespace) -> None:
     samples = getattr(args, "samples", None)
     if samples is not None and samples < 1:
         raise ValueError(f"--samples must be at least 1, got {samples}")
+    guidance = getattr(args, "guidance", None)
+    if guidance is not None and guidance < 0:
+        raise ValueError(f"--guidance must be >= 0, got {guidance}")
     if getattr(args, "contact_sheet", None):
-        contact_sheet(Runner(args.data, CHECKPOINTS, samples), args.contact_sheet)
+        contact_sheet(Runner(args.data, CHECKPOINTS, samples, guidance), args.contact_sheet)
         return
     out = args.out or Path("runs/eval")
     methods = [m for m in (args.methods.split(",") if args.methods else METHODS) if m]
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    table = run(args.data, out, CHECKPOINTS, [s for s in args.sets.split(",") if s], methods, args.limit, samples)
+    table = run(
+        args.data, out, CHECKPOINTS, [s for s in args.sets.split(",") if s], methods, args.limit, samples, guidance
+    )
     # One file per method subset, so processes splitting the methods never overwrite each other.
     stem = "results" if args.methods == "" else "results-" + "-".join(methods)
     (out / f"{stem}.json").write_text(json.dumps(table, indent=2))
