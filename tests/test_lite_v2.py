@@ -165,3 +165,26 @@ def test_evaluate_samples_sets_the_engines_sample_count(tmp_path, monkeypatch):
     evaluate.Runner(tmp_path, tmp_path, guidance=0.0)("mmsr_m0", lr, "set14", "x")
     evaluate.Runner(tmp_path, tmp_path)("twin", lr, "set14", "x")
     assert [s.guidance for s in Recorder.runs] == [0.0, None]  # --guidance reaches the run; None: the preset's
+
+
+def test_evaluate_processes_splitting_sets_or_methods_write_separate_tables(tmp_path, monkeypatch):
+    import argparse
+
+    from mmsr.training import evaluate
+
+    monkeypatch.setattr(
+        evaluate,
+        "run",
+        lambda data, out, ckpt, sets, methods, *a: {s: {"x4": {m: {"psnr": (20.0, 1)} for m in methods}} for s in sets},
+    )
+    base = dict(contact_sheet=None, out=tmp_path, samples=None, guidance=None, data=tmp_path, limit=None)
+    for sets, methods in (("bsd68", "realesrgan,mmsr"), ("set14,realset65", "realesrgan,mmsr"), ("set14", "")):
+        evaluate.main(argparse.Namespace(**base, sets=sets, methods=methods))
+    written = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert written == [
+        "results-realesrgan-mmsr-bsd68.json",
+        "results-realesrgan-mmsr-set14-realset65.json",
+        "results-set14.json",
+    ]
+    merged = evaluate.merge([tmp_path / n for n in written])
+    assert set(merged) == {"bsd68", "set14", "realset65"}

@@ -210,11 +210,10 @@ def main(args: argparse.Namespace) -> None:
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    table = run(
-        args.data, out, CHECKPOINTS, [s for s in args.sets.split(",") if s], methods, args.limit, samples, guidance
-    )
-    # One file per method subset, so processes splitting the methods never overwrite each other.
-    stem = "results" if args.methods == "" else "results-" + "-".join(methods)
+    sets = [s for s in args.sets.split(",") if s]
+    table = run(args.data, out, CHECKPOINTS, sets, methods, args.limit, samples, guidance)
+    # One file per method and set subset, so processes splitting either never overwrite each other.
+    stem = "-".join(["results", *([] if args.methods == "" else methods), *sets])
     (out / f"{stem}.json").write_text(json.dumps(table, indent=2))
     (out / f"{stem}.md").write_text(markdown(table))
     print(markdown(table))
