@@ -300,6 +300,8 @@ def test_calibration_scores_the_photos_training_held_out(tiny_data, tmp_path, ti
     hr, lr = inputs[1][2], inputs[1][3]
     assert np.array_equal(np.asarray(hr), held.image[y : y + h, x : x + w]) and lr.size == (w // 4, h // 4)
     assert inputs[0][5] == held.caption
+    whole = next(calibrate.held_out_inputs(tiny_data, val_photos=1, crop_side=0, min_side=64))[2]
+    assert np.array_equal(np.asarray(whole), stage1.crop_to_multiple(held.image))  # --crop-side 0: the photo
 
     same = {"psnr": [20.0], "ssim": [0.5], "lr_psnr": [30.0], "niqe": [5.0]}
     assert calibrate.margins(same, same) == pytest.approx({"psnr": 0.2, "ssim": 0.01, "lr_psnr": 0.0, "niqe": 0.2})
@@ -309,7 +311,7 @@ def test_calibration_scores_the_photos_training_held_out(tiny_data, tmp_path, ti
     monkeypatch.setattr(Engine, "load", classmethod(lambda cls, preset, **kw: Engine(tiny_pipe, "tiny-random")))
     monkeypatch.setattr(calibrate, "held_out_inputs", lambda *a, **k: iter(inputs))
     args = argparse.Namespace(
-        checkpoint=None, data=tiny_data, val_photos=1, seed=0, samples=[1, 2], guidance=[1.0, 3.0]
+        checkpoint=None, data=tiny_data, val_photos=1, seed=0, samples=[1, 2], guidance=[1.0, 3.0], crop_side=64
     )
     table = calibrate.run(args)
     assert len(table) == 2 * 2 * 2  # LR kinds x sample counts x guidance weights

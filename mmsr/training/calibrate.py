@@ -38,17 +38,21 @@ def held_out_inputs(
 ):
     """``(key, kind, hr, lr, seg, caption)`` for every held-out photo and LR version, as training made them.
 
-    The defaults are those ``lite`` was trained with (``--max-side 512 --crop 128``, stage 1 ``--crop-side 256``).
+    The defaults are those ``lite`` was trained with (``--max-side 512 --crop 128``, stage 1 ``--crop-side 256``);
+    ``crop_side=0`` takes each whole photo instead (NIQE behaves differently on 256 px windows).
     """
     bank = ImageBank(data, min_side=min_side, max_side=max_side)
     val_ids, _ = held_out(len(bank), val_photos, seed)
     palette = get_label_space("voc").palette
     for i in val_ids:
         sample = bank.samples[i]
-        y, x, h, w = stage1_cache.crop_window(
-            sample.image.shape, crop_side, stage1_cache.photo_seed(sample.key, seed + 1)
-        )
-        hr = np.ascontiguousarray(sample.image[y : y + h, x : x + w])
+        if crop_side:
+            window_seed = stage1_cache.photo_seed(sample.key, seed + 1)
+            y, x, h, w = stage1_cache.crop_window(sample.image.shape, crop_side, window_seed)
+            hr = np.ascontiguousarray(sample.image[y : y + h, x : x + w])
+        else:  # the whole photo (at most max_side), as `stage1 --crop-side 0` keeps it
+            hr = stage1_cache.crop_to_multiple(sample.image)
+            (y, x), (h, w) = (0, 0), hr.shape[:2]
         lrs = stage1_cache.lr_versions(hr, len(KINDS), stage1_cache.photo_seed(sample.key, seed))
         seg = None
         if sample.seg is not None:
@@ -94,7 +98,8 @@ def run(args: argparse.Namespace) -> dict:
                 row.setdefault(name, []).append(s.value)
 
     realesrgan = None
-    for n, (key, kind, hr, lr, seg, caption) in enumerate(held_out_inputs(args.data, args.val_photos, args.seed)):
+    inputs = held_out_inputs(args.data, args.val_photos, args.seed, crop_side=args.crop_side)
+    for n, (key, kind, hr, lr, seg, caption) in enumerate(inputs):
         baseline = engine.baseline_from_stage1("realesrgan", lr)  # lite: its own stage 1, computed once
         if baseline is None:
             from baselines import get_baseline
@@ -137,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, help="lite MMSR checkpoint (default: the committed one)")
     p.add_argument("--val-photos", type=int, default=32, help="as training held them out (same --seed)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--crop-side", type=int, default=256, help="the training window side (0: the whole photo, <= 512 px)"
+    )
     p.add_argument("--samples", default="1,2,4,6,8", help="comma-separated sample counts K")
     p.add_argument("--guidance", default="4", help="comma-separated guidance weights w")
     p.add_argument("--out", type=Path, default=Path("runs/calibrate"))
