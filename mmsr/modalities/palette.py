@@ -100,6 +100,14 @@ def label_lookup(id2label: dict[int, str], space: LabelSpace) -> np.ndarray:
     return lut
 
 
+def label_colours(ids: np.ndarray, label_space: str = "voc") -> np.ndarray:
+    """``(H, W)`` class ids -> ``(H, W, 3)`` uint8 palette colours at the same size; ids outside the
+    space (VOC's 255 border) are background."""
+    space = get_label_space(label_space)
+    ids = np.asarray(ids)
+    return space.palette[np.where((ids >= 0) & (ids < space.num_classes), ids, 0).astype(np.int64)]
+
+
 def render_label_map(ids: np.ndarray, label_space: str = "voc") -> Image.Image:
     """A label map (``(H, W)`` class ids) drawn with the space's palette, ``MAP_SIZE`` square, nearest.
 
@@ -108,11 +116,9 @@ def render_label_map(ids: np.ndarray, label_space: str = "voc") -> Image.Image:
     ids = np.asarray(ids)
     if ids.ndim != 2 or ids.size == 0:
         raise ValueError(f"expected an HxW map of class ids, got shape {ids.shape}")
-    space = get_label_space(label_space)
-    ids = np.where((ids >= 0) & (ids < space.num_classes), ids, 0).astype(np.int64)
     rows = ((np.arange(MAP_SIZE) + 0.5) * ids.shape[0] / MAP_SIZE).astype(np.int64)
     cols = ((np.arange(MAP_SIZE) + 0.5) * ids.shape[1] / MAP_SIZE).astype(np.int64)
-    return Image.fromarray(space.palette[ids[np.ix_(rows, cols)]])
+    return Image.fromarray(label_colours(ids[np.ix_(rows, cols)], label_space))
 
 
 def colors_to_ids(rgb: np.ndarray, space: LabelSpace, tolerance: float = 40.0) -> np.ndarray:

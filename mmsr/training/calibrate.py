@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..modalities.palette import get_label_space
+from ..modalities.palette import label_colours
 from . import stage1 as stage1_cache
 from .data import ImageBank
 from .diffusion import held_out
@@ -43,21 +43,14 @@ def held_out_inputs(
     """
     bank = ImageBank(data, min_side=min_side, max_side=max_side)
     val_ids, _ = held_out(len(bank), val_photos, seed)
-    palette = get_label_space("voc").palette
     for i in val_ids:
         sample = bank.samples[i]
-        if crop_side:
-            window_seed = stage1_cache.photo_seed(sample.key, seed + 1)
-            y, x, h, w = stage1_cache.crop_window(sample.image.shape, crop_side, window_seed)
-            hr = np.ascontiguousarray(sample.image[y : y + h, x : x + w])
-        else:  # the whole photo (at most max_side), as `stage1 --crop-side 0` keeps it
-            hr = stage1_cache.crop_to_multiple(sample.image)
-            (y, x), (h, w) = (0, 0), hr.shape[:2]
+        (y, x), hr = stage1_cache.photo_window(sample.image, sample.key, crop_side, seed)
+        h, w = hr.shape[:2]
         lrs = stage1_cache.lr_versions(hr, len(KINDS), stage1_cache.photo_seed(sample.key, seed))
         seg = None
         if sample.seg is not None:
-            ids = sample.seg[y : y + h, x : x + w]
-            seg = Image.fromarray(palette[np.where(ids < len(palette), ids, 0)])
+            seg = Image.fromarray(label_colours(sample.seg[y : y + h, x : x + w]))
         for kind, lr in zip(KINDS, lrs):
             yield sample.key, kind, Image.fromarray(hr), Image.fromarray(lr), seg, sample.caption
 

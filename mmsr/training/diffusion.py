@@ -42,7 +42,7 @@ from torch import nn
 from ..conditioning import MODALITIES
 from ..constants import SCALE
 from ..modalities.edges import canny_edges
-from ..modalities.palette import get_label_space
+from ..modalities.palette import label_colours
 from ..pipeline import MMSRPipeline
 from ..tokenizer import PatchCodebook
 from . import stage1 as stage1_cache
@@ -223,9 +223,7 @@ class UNetStage:
         edges = [np.repeat(lr_edges(lr)[:h, :w, None], 3, axis=2) for lr in lrs]
         seg = None
         if sample.seg is not None:
-            palette = get_label_space("voc").palette
-            ids = sample.seg[y : y + h, x : x + w]
-            seg = palette[np.where(ids < len(palette), ids, 0)]
+            seg = label_colours(sample.seg[y : y + h, x : x + w])
         return PhotoMaps(hr, conditions, edges, seg, caption)
 
     def build_cache(self) -> dict:

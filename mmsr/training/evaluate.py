@@ -73,14 +73,10 @@ class Runner:
 
     def seg_map(self, set_name: str, stem: str) -> Image.Image | None:
         """The set's VOC label map drawn in the VOC palette at its own size (the input's aspect ratio)."""
-        from ..modalities.palette import get_label_space
+        from ..modalities.palette import label_colours
 
         path = self.data / "seg" / "eval" / set_name / f"{stem}.png"
-        if not path.is_file():
-            return None
-        palette = get_label_space("voc").palette
-        ids = np.asarray(Image.open(path))
-        return Image.fromarray(palette[np.where(ids < len(palette), ids, 0)])
+        return Image.fromarray(label_colours(np.asarray(Image.open(path)))) if path.is_file() else None
 
     def __call__(self, method: str, lr: Image.Image, set_name: str, stem: str, stage1: Image.Image | None = None):
         """The method's SR image; ``stage1``: the saved Real-ESRGAN image of ``lr``, which MMSR's stage 1 reuses."""

@@ -56,6 +56,15 @@ def crop_window(shape: tuple[int, ...], side: int, seed: int) -> tuple[int, int,
     return int(rng.integers(0, shape[0] - h + 1)), int(rng.integers(0, shape[1] - w + 1)), h, w
 
 
+def photo_window(image: np.ndarray, key: str, crop_side: int, seed: int) -> tuple[tuple[int, int], np.ndarray]:
+    """``((y, x), hr)``: the photo's seeded window of at most ``crop_side`` (0: the whole photo, cut to
+    ``MULTIPLE``), the HR every stage-1 file of ``key`` stores."""
+    if not crop_side:
+        return (0, 0), crop_to_multiple(image)
+    y, x, h, w = crop_window(image.shape, crop_side, photo_seed(key, seed + 1))
+    return (y, x), np.ascontiguousarray(image[y : y + h, x : x + w])
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """``(1, 3, H, W)`` in [0, 1] -> ``(H, W, 3)`` uint8, rounded as a saved PNG would be."""
     return (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -83,11 +92,7 @@ def build(
         path = photo_file(folder, sample.key)
         if i % count != index or path.is_file():
             continue
-        if crop_side:
-            y, x, h, w = crop_window(sample.image.shape, crop_side, photo_seed(sample.key, seed + 1))
-            hr = np.ascontiguousarray(sample.image[y : y + h, x : x + w])
-        else:
-            (y, x), hr = (0, 0), crop_to_multiple(sample.image)
+        (y, x), hr = photo_window(sample.image, sample.key, crop_side, seed)
         lrs = lr_versions(hr, lr_variants, photo_seed(sample.key, seed))
         restored = [np.asarray(restorer(Image.fromarray(lr))) for lr in lrs]
         tmp = path.with_suffix(".tmp")
