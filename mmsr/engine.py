@@ -18,9 +18,10 @@ import torch
 from PIL import Image
 
 from .conditioning import MODALITIES
+from .constants import SCALE
 from .errors import is_out_of_memory, release_memory, resource_error
 from .imageio import check_map_shape, check_size, pil_to_tensor, tensor_to_pil
-from .modalities import EXTRACTORS, ExtractorCache, ModalityResult, extract_all
+from .modalities import EXTRACTORS, ExtractorCache, ModalityResult, extract_all, spatial_map
 from .pipeline import MMSRPipeline
 from .presets import get_preset, load_pipeline
 from .settings import UpscaleSettings
@@ -207,6 +208,17 @@ class Engine:
             out.append(self._tokens[key])
         return out
 
+    def spatial_maps(self, results: dict[str, ModalityResult], lr_size: tuple[int, int]) -> dict:
+        """The maps a pipeline with ``spatial_modalities`` lays on its latent grid, drawn at the output
+        size from each result's raw map (``None`` = ``m_0``)."""
+        size = (lr_size[0] * SCALE, lr_size[1] * SCALE)
+        out = {}
+        for name in self.pipeline.config.get("spatial_modalities", ()):
+            r = results.get(name)
+            m = None if r is None else spatial_map(r, size)
+            out[name] = None if m is None else pil_to_tensor(m)
+        return out
+
     # -- super-resolution -------------------------------------------------------------------------
 
     def num_steps(self, settings: UpscaleSettings) -> int:
@@ -290,6 +302,7 @@ class Engine:
             callback=callback,
             latent_tile=self.latent_tile,
             num_samples=self.num_samples,
+            spatial_maps=self.spatial_maps(results, lr.size),
         )
         timings.update({f"{prefix}{k}": v for k, v in out.timings.items() if k != "tokenizer"})
         if notes is not None:

@@ -18,6 +18,7 @@ from .conditioning import MODALITIES, TEXT_GROUP, ConditionEmbedding
 from .connector import MMLConnector, check_temperatures
 from .constants import SCALE
 from .guidance import combine, negative_branch
+from .spatial import code_channels, spatial_codes
 from .tiling import default_overlap, resolve_tile, tiled_apply, vae_tiling
 from .timing import StageTimer
 from .tokenizer import ModalityTokenizer, PatchCodebook
@@ -52,6 +53,9 @@ class MMSRPipeline(DiffusionPipeline):
     * ``residual``: the diffusion generates ``HR - condition image``, so a model that predicts zero
       returns the condition image exactly.
     * ``trained_modalities``: the modalities the model saw while training; any other is ``m_0``.
+    * ``spatial_modalities``: modalities whose codes are also laid on the latent grid and concatenated
+      with the UNet input (:mod:`mmsr.spatial`; ``lite``); ``in_channels`` grows by
+      ``code_channels`` each. Empty (the paper): maps reach the UNet through the connector only.
     """
 
     model_cpu_offload_seq = "text_encoder->connector->unet->vae"
@@ -69,11 +73,20 @@ class MMSRPipeline(DiffusionPipeline):
         stage1: str | None = None,
         residual: bool = False,
         trained_modalities: list | tuple = MODALITIES,
+        spatial_modalities: list | tuple = (),
     ):
         super().__init__()
         if stage1 not in STAGE1_MODELS:
             raise ValueError(f"unknown stage1 {stage1!r}; choose one of {list(STAGE1_MODELS)}")
-        self.register_to_config(stage1=stage1, residual=residual, trained_modalities=list(trained_modalities))
+        unknown = set(spatial_modalities) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown spatial modalities {sorted(unknown)}; expected a subset of {MODALITIES}")
+        self.register_to_config(
+            stage1=stage1,
+            residual=residual,
+            trained_modalities=list(trained_modalities),
+            spatial_modalities=list(spatial_modalities),
+        )
         self._restorer = None
         self.register_modules(
             vae=vae,
@@ -87,6 +100,12 @@ class MMSRPipeline(DiffusionPipeline):
         )
         self.vae_scale_factor = getattr(vae, "downsample_factor", None) or 2 ** (len(vae.config.block_out_channels) - 1)
         self.modality_tokenizer = ModalityTokenizer(vqmodel, condition_embedding.config.dim)
+        expected = 2 * unet.config.out_channels + len(spatial_modalities) * code_channels(vqmodel)
+        if unet.config.in_channels != expected:
+            raise ValueError(
+                f"the UNet takes {unet.config.in_channels} input channels; noisy + LR latent and "
+                f"{len(spatial_modalities)} spatial modalities need {expected}"
+            )
 
     @property
     def unet_factor(self) -> int:
@@ -239,8 +258,28 @@ class MMSRPipeline(DiffusionPipeline):
 
     # -- sampling ---------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def encode_spatial(
+        self,
+        spatial_maps: dict[str, torch.Tensor | None],
+        latent_hw: Sequence[int],
+        out_hw: Sequence[int],
+        temperatures: dict[str, float] | None,
+        batch_size: int,
+    ) -> torch.Tensor | None:
+        """The spatial codes of ``spatial_maps`` (:mod:`mmsr.spatial`), ``None`` without ``spatial_modalities``;
+        a modality the checkpoint was not trained with is ``m_0``."""
+        names = self.config.spatial_modalities
+        if not names:
+            return None
+        trained = self.config.trained_modalities
+        maps = {k: v for k, v in spatial_maps.items() if k in trained}
+        return spatial_codes(
+            self.vqmodel, maps, names, latent_hw, out_hw, self.vae_scale_factor, temperatures, batch_size
+        ).to(self.unet.dtype)
+
     def predict_noise(self, x: torch.Tensor, t, cond: torch.Tensor, tile: int | None) -> torch.Tensor:
-        """UNet eps for ``x`` ``(B, 2C, H, W)``; with ``tile``, over overlapping latent tiles, blended."""
+        """UNet eps for ``x`` ``(B, in_channels, H, W)``; with ``tile``, over overlapping latent tiles, blended."""
 
         def unet(crop: torch.Tensor) -> torch.Tensor:
             return self.unet(crop, t, encoder_hidden_states=cond).sample
@@ -293,6 +332,7 @@ class MMSRPipeline(DiffusionPipeline):
         strength: float = 1.0,
         stage1: torch.Tensor | None = None,
         num_samples: int = 1,
+        spatial_maps: dict[str, torch.Tensor | None] | None = None,
     ) -> MMSRPipelineOutput:
         """Args:
         lr: ``(B, 3, h, w)`` in [0, 1]. Output is ``(B, 3, 4h, 4w)``.
@@ -311,6 +351,9 @@ class MMSRPipeline(DiffusionPipeline):
             ``tiling.VAE_TILE_ABOVE`` pixels also go through the VAE in tiles.
         stage1: ``(B, 3, 4h, 4w)`` precomputed stage-1 output (pipelines with a ``stage1`` only; computed
             here when ``None``). Modalities the checkpoint was not trained with are ``m_0``.
+        spatial_maps: ``{name: (B, 3, H, W) in [0, 1] or None}`` at the output size (any size of its
+            aspect is drawn to it), for a pipeline with ``spatial_modalities``; default ``maps``
+            stretched to the output. Missing = ``m_0``.
         num_samples: the output is the mean of this many samples drawn from independent noise in one
             batched run: a Monte Carlo estimate of the posterior mean. With one x0-prediction step from
             pure noise (``lite``) each sample is the model's E[x0 | condition] plus the noise the model
@@ -359,6 +402,17 @@ class MMSRPipeline(DiffusionPipeline):
         timesteps = self.get_timesteps(num_inference_steps, strength, device)
         latents = self.prepare_latents(lr_latent, generator, timesteps[0] if strength < 1 else None)
         lr_latent_in = torch.cat([lr_latent] * 2) if do_cfg else lr_latent
+        spatial = None
+        if self.config.spatial_modalities:
+            with timer("spatial"):
+                given = (maps or {}) if spatial_maps is None else spatial_maps
+                spatial = self.encode_spatial(given, latent_hw, out_size, temperatures, b)
+        if spatial is not None:
+            spatial = spatial.repeat(num_samples, 1, 1, 1)
+            if do_cfg:  # the negative branch's maps: kept by m-cfg, m_0 (zeros) for m0-cfg and cfg
+                kept = not negative.get("null_modalities") and negative.get("include_modalities", True)
+                spatial = torch.cat([spatial if kept else torch.zeros_like(spatial), spatial])
+            lr_latent_in = torch.cat([lr_latent_in, spatial], dim=1)
 
         # 4. Denoise (positive and negative branches in one batched UNet call; large latents in tiles)
         with timer("unet"):

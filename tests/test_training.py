@@ -318,3 +318,73 @@ def test_calibration_scores_the_photos_training_held_out(tiny_data, tmp_path, ti
     for row in table.values():  # NIQE needs more than these 64 px crops
         assert np.isfinite([row[m] for m in ("psnr", "ssim", "lr_psnr")]).all()
     assert "| degraded | 2 | 3 |" in calibrate.markdown(table)
+
+
+@pytest.fixture
+def spatial_preset(monkeypatch):
+    """tiny-random with lite's spatial design: f4 pixel-unshuffle, a k-means codebook, seg + edge codes."""
+    from mmsr import presets
+    from mmsr.presets import _unet_config
+
+    code = 3 * 2**2 + 1  # pool 2: 12 code values and the presence flag
+    tiny = presets.PRESETS["tiny-random"]
+    spatial = dataclasses.replace(
+        tiny,
+        vae=dict(_class="PixelShuffleAutoencoder", patch_size=4),
+        vq=dict(_class="PatchCodebook", num_vq_embeddings=16, patch_size=16, pool=2),
+        unet=_unet_config((16, 32), cross_dim=32, head_dim=4, groups=8, layers=1, latent=48, extra_in=2 * code),
+        pipeline=dict(trained_modalities=("seg", "edges"), spatial_modalities=("seg", "edges")),
+    )
+    monkeypatch.setitem(presets.PRESETS, "tiny-random", spatial)
+    return code
+
+
+def test_spatial_codes_follow_the_batch_dropout_and_train_the_new_inputs(tiny_data, tmp_path, spatial_preset):
+    from accelerate import Accelerator
+
+    from mmsr.pipeline import MMSRPipeline
+    from mmsr.text import tiny_text_encoder
+
+    stage = _stage(tiny_data, tmp_path, "--stage", "unet")
+    stage.prepare(Accelerator(cpu=True), tmp_path)
+    batch = stage.next_batch(64, np.random.default_rng(0))
+    code = spatial_preset
+    assert batch["spatial"].shape == (64, 2 * code, stage.window, stage.window)
+    flags = batch["spatial"][:, [code - 1, 2 * code - 1]].amax(dim=(2, 3))
+    assert torch.equal(flags.bool(), batch["keep"][:, 1:])  # a dropped or missing map is m_0 (zeros)
+    assert batch["keep"][:, 1].any() and not batch["keep"][:, 1].all()  # only astronaut has a seg map
+    with pytest.raises(ValueError, match="one token per latent pixel"):
+        _stage(tiny_data, tmp_path, "--stage", "unet", "--crop", "32")
+
+    before = stage.model.unet.conv_in.weight.detach().clone()
+    train(stage, LoopConfig(out=tmp_path, batch_size=4, max_steps=2, log_every=1, warmup_steps=1))
+    after = stage.model.unet.conv_in.weight.detach()
+    assert not torch.equal(before[:, 96:], after[:, 96:])  # the code inputs learn (96 = noisy + LR latent)
+    record = json.loads((tmp_path / "pipeline" / "training.json").read_text())
+    assert record["spatial_modalities"] == ["seg", "edges"]
+    text_encoder, tokenizer = tiny_text_encoder(32)
+    pipe = MMSRPipeline.from_pretrained(tmp_path / "pipeline", text_encoder=text_encoder, tokenizer=tokenizer)
+    assert list(pipe.config.spatial_modalities) == ["seg", "edges"]
+    out = pipe(torch.rand(1, 3, 16, 16), "a cat", num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 3, 64, 64) and torch.isfinite(out.images).all()
+
+
+def test_warm_start_widens_conv_in_for_the_spatial_codes(tiny_data, tmp_path, spatial_preset, monkeypatch):
+    from mmsr import presets
+    from mmsr.presets import _unet_config
+
+    spatial = presets.PRESETS["tiny-random"]
+    plain = dataclasses.replace(
+        spatial,
+        unet=_unet_config((16, 32), cross_dim=32, head_dim=4, groups=8, layers=1, latent=48),
+        pipeline=dict(trained_modalities=("seg", "edges")),
+    )
+    monkeypatch.setitem(presets.PRESETS, "tiny-random", plain)
+    stage = _stage(tiny_data, tmp_path / "old", "--stage", "unet")
+    train(stage, LoopConfig(out=tmp_path / "old", batch_size=2, max_steps=1))
+    old = stage.model.unet.conv_in.weight.detach().clone()
+    monkeypatch.setitem(presets.PRESETS, "tiny-random", spatial)
+    warm = _stage(tiny_data, tmp_path / "new", "--stage", "unet", "--init", str(tmp_path / "old" / "pipeline"))
+    new = warm.model.unet.conv_in.weight.detach()
+    assert new.shape[1] == old.shape[1] + 2 * spatial_preset
+    assert torch.equal(new[:, : old.shape[1]], old) and torch.count_nonzero(new[:, old.shape[1] :]) == 0

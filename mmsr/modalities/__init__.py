@@ -16,7 +16,7 @@ from .cache import ExtractorCache, cache_key, content_digest
 from .caption import CAPTION_PROMPT, CaptionExtractor, clean_caption
 from .depth import DepthExtractor, normalise_depth, render_depth
 from .edges import EdgeExtractor, canny_edges, render_edges
-from .extract import extract_all
+from .extract import extract_all, spatial_map
 from .flat import flatness_stats, is_flat
 from .palette import (
     COCO_TO_VOC,
@@ -58,6 +58,7 @@ __all__ = [
     "clean_caption",
     "content_digest",
     "extract_all",
+    "spatial_map",
     "flatness_stats",
     "is_flat",
     "label_lookup",

@@ -29,13 +29,15 @@ def normalise_depth(depth: np.ndarray) -> np.ndarray:
     return (d - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
 
 
-def render_depth(depth: np.ndarray) -> Image.Image:
-    """Depth (any range, near = large) as a ``MAP_SIZE`` square grey RGB image, near = bright."""
+def render_depth(depth: np.ndarray, size: tuple[int, int] | None = None) -> Image.Image:
+    """Depth (any range, near = large) as a grey RGB image of ``size`` ``(width, height)`` (default
+    ``MAP_SIZE`` square), near = bright."""
     d = normalise_depth(depth)
-    shrink = d.shape[0] > MAP_SIZE or d.shape[1] > MAP_SIZE
+    width, height = size or (MAP_SIZE, MAP_SIZE)
+    shrink = d.shape[0] > height or d.shape[1] > width
     d = cv2.resize(
-        d,
-        (MAP_SIZE, MAP_SIZE),
+        d.astype(np.float32),
+        (width, height),
         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
     )
     grey = np.round(np.clip(d, 0.0, 1.0) * 255).astype(np.uint8)

@@ -46,8 +46,8 @@ def canny_edges(image_rgb_uint8: np.ndarray) -> np.ndarray:
     return cv2.Canny(grey, low, high, L2gradient=True)
 
 
-def render_edges(edges: np.ndarray) -> Image.Image:
-    """White edges on black, ``MAP_SIZE`` square, RGB.
+def render_edges(edges: np.ndarray, size: tuple[int, int] | None = None) -> Image.Image:
+    """White edges on black, RGB, ``size`` ``(width, height)`` (default ``MAP_SIZE`` square).
 
     ``INTER_AREA`` turns each output pixel into the edge *coverage* of its input cell; a one-pixel
     line crossing a cell of ``s x s`` input pixels covers ``1/s`` of it. Re-binarising at half that
@@ -57,12 +57,12 @@ def render_edges(edges: np.ndarray) -> Image.Image:
     edges = np.asarray(edges)
     if edges.ndim != 2:
         raise ValueError(f"expected an HxW edge map, got shape {edges.shape}")
-    coverage = cv2.resize(
-        (edges > 0).astype(np.float32),
-        (MAP_SIZE, MAP_SIZE),
-        interpolation=cv2.INTER_AREA,
-    )
-    scale = max(edges.shape[0] / MAP_SIZE, edges.shape[1] / MAP_SIZE, 1.0)
+    width, height = size or (MAP_SIZE, MAP_SIZE)
+    if (height, width) == edges.shape:
+        binary = np.where(edges > 0, 255, 0).astype(np.uint8)
+        return Image.fromarray(np.repeat(binary[..., None], 3, axis=2))
+    coverage = cv2.resize((edges > 0).astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
+    scale = max(edges.shape[0] / height, edges.shape[1] / width, 1.0)
     binary = np.where(coverage >= 0.5 / scale - 1e-6, 255, 0).astype(np.uint8)
     return Image.fromarray(np.repeat(binary[..., None], 3, axis=2))
 

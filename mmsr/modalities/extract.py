@@ -8,7 +8,10 @@ from PIL import Image
 
 from .base import SPATIAL_MODALITIES, ModalityExtractor, ModalityResult, as_rgb
 from .cache import ExtractorCache, cache_key
+from .depth import render_depth
+from .edges import render_edges
 from .flat import is_flat
+from .palette import render_label_map
 
 SWITCHED_OFF = "switched off"
 
@@ -76,3 +79,19 @@ def _run(
         return compute()
     key = cache_key(extractor.name, extractor.settings(), image, user_map, upscaled)
     return cache.get_or_compute(key, compute)
+
+
+def spatial_map(result: ModalityResult, size: tuple[int, int]) -> Image.Image | None:
+    """``result``'s map drawn at ``size`` ``(width, height)``, from its raw output where it has one
+    (the tokenizer's :attr:`ModalityResult.map` is a 256 px square; a model that reads maps on its
+    latent grid needs them at the output size). ``None`` when the modality is absent."""
+    if not result.available or result.map is None:
+        return None
+    if result.raw is not None:
+        if result.name == "edges":
+            return render_edges(result.raw, size)
+        if result.name == "seg":
+            return render_label_map(result.raw, result.extras.get("label_space", "voc"), size)
+        if result.name == "depth":
+            return render_depth(result.raw, size)
+    return result.map.convert("RGB").resize(size, Image.Resampling.NEAREST)

@@ -108,16 +108,18 @@ def label_colours(ids: np.ndarray, label_space: str = "voc") -> np.ndarray:
     return space.palette[np.where((ids >= 0) & (ids < space.num_classes), ids, 0).astype(np.int64)]
 
 
-def render_label_map(ids: np.ndarray, label_space: str = "voc") -> Image.Image:
-    """A label map (``(H, W)`` class ids) drawn with the space's palette, ``MAP_SIZE`` square, nearest.
+def render_label_map(ids: np.ndarray, label_space: str = "voc", size: tuple[int, int] | None = None) -> Image.Image:
+    """A label map (``(H, W)`` class ids) drawn with the space's palette at ``size`` ``(width,
+    height)`` (default ``MAP_SIZE`` square), nearest.
 
     Ids outside the space (VOC's 255 border) are drawn as background.
     """
     ids = np.asarray(ids)
     if ids.ndim != 2 or ids.size == 0:
         raise ValueError(f"expected an HxW map of class ids, got shape {ids.shape}")
-    rows = ((np.arange(MAP_SIZE) + 0.5) * ids.shape[0] / MAP_SIZE).astype(np.int64)
-    cols = ((np.arange(MAP_SIZE) + 0.5) * ids.shape[1] / MAP_SIZE).astype(np.int64)
+    width, height = size or (MAP_SIZE, MAP_SIZE)
+    rows = ((np.arange(height) + 0.5) * ids.shape[0] / height).astype(np.int64)
+    cols = ((np.arange(width) + 0.5) * ids.shape[1] / width).astype(np.int64)
     return Image.fromarray(label_colours(ids[np.ix_(rows, cols)], label_space))
 
 

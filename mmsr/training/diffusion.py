@@ -44,6 +44,7 @@ from ..constants import SCALE
 from ..modalities.edges import canny_edges
 from ..modalities.palette import label_colours
 from ..pipeline import MMSRPipeline
+from ..spatial import code_channels, lookup_codes
 from ..tokenizer import PatchCodebook
 from . import stage1 as stage1_cache
 from .data import ImageBank, to_tensor
@@ -155,6 +156,10 @@ class UNetStage:
         if crop % 8 or 256 % crop:
             raise ValueError(f"--crop must be a multiple of 8 that divides 256 (64, 128, 256), got {crop}")
         self.pipe = MMSRPipeline(**components)
+        if self.pipe.config.spatial_modalities and crop != TOKENS * self.pipe.vae_scale_factor:
+            raise ValueError(
+                f"spatial codes need one token per latent pixel: --crop {TOKENS * self.pipe.vae_scale_factor}"
+            )
         self.pipe.set_progress_bar_config(disable=True)
         for part in (self.pipe.vae, self.pipe.vqmodel, self.pipe.text_encoder):
             part.requires_grad_(False).eval()
@@ -292,7 +297,7 @@ class UNetStage:
         """A batch from ``(photo, y, x, lr_variant, caption, (keep_seg, keep_edges))`` latent-window crops."""
         w = self.window
         r = TOKENS // w  # token rows per latent row
-        hr, lr, tokens, captions, keep = [], [], [[], []], [], []
+        hr, lr, tokens, windows, captions, keep = [], [], [[], []], [[], []], [], []
         codebook = self.pipe.vqmodel.quantize.embedding.weight
         for p, y, x, v, caption, (keep_seg, keep_edges) in crops:
             hr.append(p.hr[:, y : y + w, x : x + w].float())
@@ -303,18 +308,36 @@ class UNetStage:
                 else:
                     window = idx[y * r : y * r + TOKENS, x * r : x * r + TOKENS].long()
                 tokens[j].append(window.flatten())
+                windows[j].append(window)
             keep.append([False, p.seg is not None and keep_seg, keep_edges])
             captions.append(caption)
         dim = self.model.condition_embedding.config.dim
         seg_tok, edge_tok = (F.pad(codebook[torch.stack(t)], (0, dim - codebook.shape[1])) for t in tokens)
+        keep = torch.tensor(keep) & torch.tensor(not self.text_only)
         return {
             "hr": torch.stack(hr),
             "lr": torch.stack(lr),
             "tokens": [None, None, None] if self.text_only else [None, seg_tok, edge_tok],
-            "keep": torch.tensor(keep) & torch.tensor(not self.text_only),
+            "keep": keep,
+            "spatial": self.spatial(codebook, {"seg": windows[0], "edges": windows[1]}, keep),
             "caption": torch.tensor(captions),
             "noise_seed": noise_seed,
         }
+
+    def spatial(self, codebook: torch.Tensor, windows: dict[str, list], keep: torch.Tensor) -> torch.Tensor | None:
+        """The batch's spatial codes (:mod:`mmsr.spatial`), as the pipeline lays them on the latent grid;
+        ``None`` for a pipeline without ``spatial_modalities``."""
+        names = self.pipe.config.spatial_modalities
+        if not names:
+            return None
+        b, planes = len(keep), []
+        for name in names:
+            if name in windows:
+                planes.append(lookup_codes(codebook, torch.stack(windows[name]), keep[:, MODALITIES.index(name)]))
+            else:  # depth: no offline source, always m_0
+                width = code_channels(self.pipe.vqmodel)
+                planes.append(torch.zeros(b, width, self.window, self.window, dtype=codebook.dtype))
+        return torch.cat(planes, dim=1)
 
     # -- validation ---------------------------------------------------------------------------
 
@@ -382,7 +405,8 @@ class UNetStage:
         """MSE of the model's prediction (x0, v or eps, as the scheduler is configured) at timesteps ``t``."""
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         text = self.text[batch["caption"].to(self.text.device)].to(x0.device)
-        pred = model(torch.cat([noisy, batch["lr"]], dim=1), t, text, batch["tokens"], batch["keep"])
+        inputs = [noisy, batch["lr"]] + ([batch["spatial"]] if batch.get("spatial") is not None else [])
+        pred = model(torch.cat(inputs, dim=1), t, text, batch["tokens"], batch["keep"])
         kind = self.noise_scheduler.config.prediction_type
         if kind == "sample":
             target = x0
@@ -413,12 +437,17 @@ class UNetStage:
             stage1=pipe.config.stage1,
             residual=pipe.config.residual,
             trained_modalities=pipe.config.trained_modalities,
+            spatial_modalities=pipe.config.spatial_modalities,
         )
         saved.save_pretrained(out / "pipeline", safe_serialization=True)
         for part in parts.values():
             if hasattr(part, "to"):
                 part.to(torch.float32)
-        record = {"text_only": self.text_only, "trained_modalities": pipe.config.trained_modalities}
+        record = {
+            "text_only": self.text_only,
+            "trained_modalities": pipe.config.trained_modalities,
+            "spatial_modalities": pipe.config.spatial_modalities,
+        }
         (out / "pipeline" / "training.json").write_text(json.dumps(record, indent=2))
 
 
