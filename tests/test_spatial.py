@@ -49,7 +49,9 @@ def test_training_codes_are_the_codes_inference_computes():
     trained = lookup_codes(vq.quantize.embedding.weight, idx[None], torch.tensor([True]))
     # inference: the pipeline's codes of the same map, handed over at the output size
     as_tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
-    inferred = spatial_codes(vq, {"edges": as_tensor}, ["edges"], (hr_h // factor, hr_w // factor), (hr_h, hr_w), factor)
+    inferred = spatial_codes(
+        vq, {"edges": as_tensor}, ["edges"], (hr_h // factor, hr_w // factor), (hr_h, hr_w), factor
+    )
     assert inferred.shape == trained.shape == (1, code_channels(vq), hr_h // factor, hr_w // factor)
     assert torch.equal(inferred, trained)
 
