@@ -62,17 +62,15 @@ def _unet_config(
     layers: int = 2,
     latent: int = 4,
     top_attention: bool = True,
-    extra_in: int = 0,
     **kw,
 ) -> dict:
     """``top_attention=False`` leaves attention out of the full-resolution level, whose self-attention
-    over every latent pixel dominates CPU inference (4096 tokens at a 512 px output); ``extra_in``:
-    input channels beyond noisy + LR latent (the spatial modality codes, :mod:`mmsr.spatial`)."""
+    over every latent pixel dominates CPU inference (4096 tokens at a 512 px output)."""
     n = len(channels)
     attn_levels = n - 1 if top_attention else n - 2
     down = ("DownBlock2D",) * (n - 1 - attn_levels) + ("CrossAttnDownBlock2D",) * attn_levels + ("DownBlock2D",)
     return dict(
-        in_channels=2 * latent + extra_in,  # noisy latent + LR latent (InstructPix2Pix-style concatenation)
+        in_channels=2 * latent,  # noisy latent + LR latent (InstructPix2Pix-style concatenation)
         out_channels=latent,
         block_out_channels=channels,
         down_block_types=down,
@@ -87,9 +85,6 @@ def _unet_config(
 
 LITE_CHANNELS = (48, 96, 192)
 LITE_TOKENIZER = dict(_class="PatchCodebook", num_vq_embeddings=1024, patch_size=16, pool=8)
-# lite v3: seg and edge codes also on the latent grid (mmsr.spatial), each a code vector + presence flag
-LITE_SPATIAL = ("seg", "edges")
-LITE_CODE_CHANNELS = 3 * LITE_TOKENIZER["pool"] ** 2 + 1
 # One step from pure noise returns the model's x0 estimate (the conditional mean of the residual).
 # Measured on the first 6 set14 degraded_x4 images (35-minute checkpoint): PSNR 21.23 at 1 step,
 # 20.93 at 2, 20.71 at 4 (Real-ESRGAN alone: 21.38); more steps add texture this model got wrong.
@@ -166,24 +161,12 @@ PRESETS: dict[str, Preset] = {
         # it in a lossless f8 pixel-unshuffle space (192 channels), tokens from a k-means codebook.
         vae=dict(_class="PixelShuffleAutoencoder", patch_size=8),
         unet=_unet_config(
-            LITE_CHANNELS,
-            cross_dim=384,
-            head_dim=8,
-            groups=16,
-            layers=1,
-            latent=192,
-            top_attention=False,
-            extra_in=len(LITE_SPATIAL) * LITE_CODE_CHANNELS,
+            LITE_CHANNELS, cross_dim=384, head_dim=8, groups=16, layers=1, latent=192, top_attention=False
         ),
         vq=LITE_TOKENIZER,
         connector=dict(num_latents=32, depth=1, heads=4, dim_head=32),
         scheduler=FEW_STEP_SCHEDULER_CONFIG,
-        pipeline=dict(
-            stage1="realesrgan-x4plus",
-            residual=True,
-            trained_modalities=("seg", "edges"),
-            spatial_modalities=LITE_SPATIAL,
-        ),
+        pipeline=dict(stage1="realesrgan-x4plus", residual=True, trained_modalities=("seg", "edges")),
         default_samples=LITE_SAMPLES,
     ),
     "full": Preset(

@@ -76,6 +76,27 @@ def lookup_codes(codebook: torch.Tensor, indices: torch.Tensor, present: torch.T
     return plane * present.to(plane.dtype).reshape(-1, 1, 1, 1)
 
 
+def add_spatial_inputs(components: dict, names: Sequence[str]) -> dict:
+    """``components`` (of :func:`mmsr.presets.build_components`) whose UNet also reads the codes of
+    ``names`` on its latent grid: ``conv_in`` gets :func:`code_channels` more inputs per modality, with
+    zero weights, so the UNet computes exactly what it did until training moves them
+    (``python -m mmsr train --spatial-modalities seg,edges``)."""
+    unet = components["unet"]
+    old = unet.conv_in
+    wide = torch.nn.Conv2d(
+        old.in_channels + len(names) * code_channels(components["vqmodel"]),
+        old.out_channels,
+        old.kernel_size,
+        padding=old.padding,
+    )
+    with torch.no_grad():
+        wide.weight.copy_(widen_conv_in(old.weight, wide.in_channels))
+        wide.bias.copy_(old.bias)
+    unet.conv_in = wide
+    unet.register_to_config(in_channels=wide.in_channels)
+    return {**components, "spatial_modalities": tuple(names)}
+
+
 def widen_conv_in(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """A ``conv_in`` weight ``(out, in, k, k)`` with ``in_channels`` inputs, the new ones zero: a warm
     start from a UNet without spatial codes computes exactly what it did (ControlNet's zero convolution)."""

@@ -17,7 +17,7 @@ from PIL import Image
 from mmsr import MMSRPipeline
 from mmsr.autoencoder import PixelShuffleAutoencoder
 from mmsr.presets import FEW_STEP_SCHEDULER_CONFIG, _unet_config, build_components
-from mmsr.spatial import code_channels, lookup_codes, spatial_codes, widen_conv_in
+from mmsr.spatial import add_spatial_inputs, code_channels, lookup_codes, spatial_codes, widen_conv_in
 from mmsr.tokenizer import PatchCodebook
 from mmsr.training.diffusion import code_indices, map_features
 
@@ -83,25 +83,27 @@ def test_a_widened_conv_in_computes_what_it_did_with_zero_codes():
         widen_conv_in(conv.weight.data, 4)
 
 
-def spatial_pipe(names=("seg", "edges"), trained=("seg", "edges"), extra=None):
+def spatial_pipe(names=("seg", "edges"), trained=("seg", "edges")):
     """tiny-random with lite's parts (f4 pixel-unshuffle, 48 channels) and spatial codes of ``names``."""
-    vq = fitted_codebook(pool=2)  # 12-wide codes: tokens must fit the 32-wide text
     parts = build_components("tiny-random")
     parts["vae"] = PixelShuffleAutoencoder(patch_size=4)
-    parts["vqmodel"] = vq
-    extra = len(names) * code_channels(vq) if extra is None else extra
-    unet = UNet2DConditionModel(
-        **_unet_config((16, 32), cross_dim=32, head_dim=4, groups=8, layers=1, latent=48, extra_in=extra)
+    parts["vqmodel"] = fitted_codebook(pool=2)  # 12-wide codes: tokens must fit the 32-wide text
+    parts["unet"] = UNet2DConditionModel(
+        **_unet_config((16, 32), cross_dim=32, head_dim=4, groups=8, layers=1, latent=48)
     )
-    parts["unet"], parts["scheduler"] = unet, DDIMScheduler(**FEW_STEP_SCHEDULER_CONFIG)
-    pipe = MMSRPipeline(**parts, spatial_modalities=list(names), trained_modalities=list(trained))
+    parts["scheduler"] = DDIMScheduler(**FEW_STEP_SCHEDULER_CONFIG)
+    parts = add_spatial_inputs(parts, names)
+    torch.nn.init.normal_(parts["unet"].conv_in.weight, std=0.05)  # as if trained: the codes count
+    pipe = MMSRPipeline(**parts, trained_modalities=list(trained))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def test_pipeline_reads_spatial_maps_and_keeps_untrained_ones_m0():
     with pytest.raises(ValueError, match="input channels"):
-        spatial_pipe(extra=3)
+        MMSRPipeline(
+            **{**build_components("tiny-random"), "vqmodel": fitted_codebook(pool=2)}, spatial_modalities=["edges"]
+        )
     with pytest.raises(ValueError, match="unknown spatial"):
         MMSRPipeline(**build_components("tiny-random"), spatial_modalities=["sketch"])
     pipe = spatial_pipe(names=("depth", "edges"), trained=("edges",))

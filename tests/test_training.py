@@ -322,21 +322,21 @@ def test_calibration_scores_the_photos_training_held_out(tiny_data, tmp_path, ti
 
 @pytest.fixture
 def spatial_preset(monkeypatch):
-    """tiny-random with lite's spatial design: f4 pixel-unshuffle, a k-means codebook, seg + edge codes."""
+    """tiny-random with lite's parts at toy size (f4 pixel-unshuffle, a k-means codebook); returns the
+    channels one spatial modality takes (``train --spatial-modalities`` adds them)."""
     from mmsr import presets
     from mmsr.presets import _unet_config
 
-    code = 3 * 2**2 + 1  # pool 2: 12 code values and the presence flag
     tiny = presets.PRESETS["tiny-random"]
-    spatial = dataclasses.replace(
+    lite_like = dataclasses.replace(
         tiny,
         vae=dict(_class="PixelShuffleAutoencoder", patch_size=4),
         vq=dict(_class="PatchCodebook", num_vq_embeddings=16, patch_size=16, pool=2),
-        unet=_unet_config((16, 32), cross_dim=32, head_dim=4, groups=8, layers=1, latent=48, extra_in=2 * code),
-        pipeline=dict(trained_modalities=("seg", "edges"), spatial_modalities=("seg", "edges")),
+        unet=_unet_config((16, 32), cross_dim=32, head_dim=4, groups=8, layers=1, latent=48),
+        pipeline=dict(trained_modalities=("seg", "edges")),
     )
-    monkeypatch.setitem(presets.PRESETS, "tiny-random", spatial)
-    return code
+    monkeypatch.setitem(presets.PRESETS, "tiny-random", lite_like)
+    return 3 * 2**2 + 1  # pool 2: 12 code values and the presence flag
 
 
 def test_spatial_codes_follow_the_batch_dropout_and_train_the_new_inputs(tiny_data, tmp_path, spatial_preset):
@@ -345,7 +345,7 @@ def test_spatial_codes_follow_the_batch_dropout_and_train_the_new_inputs(tiny_da
     from mmsr.pipeline import MMSRPipeline
     from mmsr.text import tiny_text_encoder
 
-    stage = _stage(tiny_data, tmp_path, "--stage", "unet")
+    stage = _stage(tiny_data, tmp_path, "--stage", "unet", "--spatial-modalities", "seg,edges")
     stage.prepare(Accelerator(cpu=True), tmp_path)
     batch = stage.next_batch(64, np.random.default_rng(0))
     code = spatial_preset
@@ -354,7 +354,7 @@ def test_spatial_codes_follow_the_batch_dropout_and_train_the_new_inputs(tiny_da
     assert torch.equal(flags.bool(), batch["keep"][:, 1:])  # a dropped or missing map is m_0 (zeros)
     assert batch["keep"][:, 1].any() and not batch["keep"][:, 1].all()  # only astronaut has a seg map
     with pytest.raises(ValueError, match="one token per latent pixel"):
-        _stage(tiny_data, tmp_path, "--stage", "unet", "--crop", "32")
+        _stage(tiny_data, tmp_path, "--stage", "unet", "--crop", "32", "--spatial-modalities", "edges")
 
     before = stage.model.unet.conv_in.weight.detach().clone()
     train(stage, LoopConfig(out=tmp_path, batch_size=4, max_steps=2, log_every=1, warmup_steps=1))
@@ -369,22 +369,15 @@ def test_spatial_codes_follow_the_batch_dropout_and_train_the_new_inputs(tiny_da
     assert out.images.shape == (1, 3, 64, 64) and torch.isfinite(out.images).all()
 
 
-def test_warm_start_widens_conv_in_for_the_spatial_codes(tiny_data, tmp_path, spatial_preset, monkeypatch):
-    from mmsr import presets
-    from mmsr.presets import _unet_config
-
-    spatial = presets.PRESETS["tiny-random"]
-    plain = dataclasses.replace(
-        spatial,
-        unet=_unet_config((16, 32), cross_dim=32, head_dim=4, groups=8, layers=1, latent=48),
-        pipeline=dict(trained_modalities=("seg", "edges")),
-    )
-    monkeypatch.setitem(presets.PRESETS, "tiny-random", plain)
+def test_warm_start_widens_conv_in_for_the_spatial_codes(tiny_data, tmp_path, spatial_preset):
     stage = _stage(tiny_data, tmp_path / "old", "--stage", "unet")
+    assert list(stage.pipe.config.spatial_modalities) == []  # the shipped design: no spatial codes
     train(stage, LoopConfig(out=tmp_path / "old", batch_size=2, max_steps=1))
     old = stage.model.unet.conv_in.weight.detach().clone()
-    monkeypatch.setitem(presets.PRESETS, "tiny-random", spatial)
-    warm = _stage(tiny_data, tmp_path / "new", "--stage", "unet", "--init", str(tmp_path / "old" / "pipeline"))
+    pipeline = str(tmp_path / "old" / "pipeline")
+    warm = _stage(
+        tiny_data, tmp_path / "new", "--stage", "unet", "--init", pipeline, "--spatial-modalities", "seg,edges"
+    )
     new = warm.model.unet.conv_in.weight.detach()
     assert new.shape[1] == old.shape[1] + 2 * spatial_preset
     assert torch.equal(new[:, : old.shape[1]], old) and torch.count_nonzero(new[:, old.shape[1] :]) == 0

@@ -62,6 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--save-every", type=float, default=10.0, help="minutes between snapshots (and validations)")
     p.add_argument("--caption-dropout", type=float, default=0.1, help="unet stage: fraction of empty captions")
+    p.add_argument(
+        "--spatial-modalities",
+        default="",
+        help="unet stage: also lay these maps' codes on the latent grid (mmsr.spatial), e.g. seg,edges; "
+        "not part of any shipped checkpoint (see checkpoints/README.md, 'lite v3')",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--fp16-weights", action="store_true", help="store the saved weights in float16 (smaller repo)")
     p.add_argument("--evaluate", action="store_true", help="score checkpoints instead (see mmsr.training.evaluate)")
@@ -93,6 +99,11 @@ def build_stage(args: argparse.Namespace):
     from .data import ImageBank
 
     components = build_components(args.preset, seed=args.seed)
+    spatial = [m for m in args.spatial_modalities.split(",") if m]
+    if spatial:
+        from ..spatial import add_spatial_inputs
+
+        components = add_spatial_inputs(components, spatial)
     load_init(components, args.init)
     bank = ImageBank(args.data, min_side=args.crop, max_side=args.max_side)
     if args.stage == "vae":
