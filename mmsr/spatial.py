@@ -3,9 +3,10 @@
 The paper's route from a map to the UNet is 16x16 tokens per map, squeezed with the caption
 through the connector's ``N`` latents and read by cross-attention. ``lite`` cross-attends only at
 its two coarsest levels, to 32 latents, and that route alone left the map's *content* unused:
-another image's maps cost it nothing (``checkpoints/README.md``, "Context"). So a ``lite``
-pipeline with ``spatial_modalities`` also lays the same codebook's codes on the latent grid and
-concatenates them with the UNet input, next to the stage-1 latent, as the LR condition already is:
+another image's maps cost it nothing (``checkpoints/README.md``, "Context"). So a pipeline with
+``spatial_modalities`` (opt-in: ``python -m mmsr train --spatial-modalities seg,edges``; the shipped
+``lite`` does not use it) also lays the same codebook's codes on the latent grid and concatenates
+them with the UNet input, next to the stage-1 latent, as the LR condition already is:
 
 * the map is drawn at ``patch_size`` map pixels per latent pixel (``PatchCodebook``: 16 map
   pixels, 2 per output pixel: training draws its 128 px crops' maps exactly so), so code
