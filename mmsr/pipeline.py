@@ -100,7 +100,9 @@ class MMSRPipeline(DiffusionPipeline):
         )
         self.vae_scale_factor = getattr(vae, "downsample_factor", None) or 2 ** (len(vae.config.block_out_channels) - 1)
         self.modality_tokenizer = ModalityTokenizer(vqmodel, condition_embedding.config.dim)
-        expected = 2 * unet.config.out_channels + len(spatial_modalities) * code_channels(vqmodel)
+        expected = 2 * unet.config.out_channels + (
+            len(spatial_modalities) * code_channels(vqmodel) if spatial_modalities else 0
+        )
         if unet.config.in_channels != expected:
             raise ValueError(
                 f"the UNet takes {unet.config.in_channels} input channels; noisy + LR latent and "
