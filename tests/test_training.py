@@ -144,8 +144,11 @@ def test_validation_holds_photos_out_and_keeps_the_best_snapshot(tiny_data, tmp_
     weights = tmp_path / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"
     saved = weights.read_bytes()
     (tmp_path / "best.json").write_text(json.dumps({**best, "val": -1.0}))  # pretend an unbeatable snapshot
-    train(stage, LoopConfig(out=tmp_path, batch_size=2, max_steps=3, resume=True))
+    train(stage, LoopConfig(out=tmp_path, batch_size=2, max_steps=3, resume=True, keep_snapshots=True))
     assert weights.read_bytes() == saved  # a worse snapshot never replaces the best
+    kept = tmp_path / "snapshots" / "step-000003" / "pipeline"  # ... but --keep-snapshots keeps it aside
+    assert (kept / "unet" / weights.name).read_bytes() != saved
+    assert json.loads((kept / "training.json").read_text())["text_only"] is False
     validations = [
         json.loads(line)["validation"]
         for line in (tmp_path / "log.jsonl").read_text().splitlines()

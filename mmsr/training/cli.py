@@ -61,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="unet stage: photos held out of training; every snapshot is scored on them and the best is kept",
     )
     p.add_argument("--save-every", type=float, default=10.0, help="minutes between snapshots (and validations)")
+    p.add_argument(
+        "--keep-snapshots",
+        action="store_true",
+        help="also keep every snapshot in OUT/snapshots/step-N (to choose one afterwards with mmsr.training.calibrate)",
+    )
     p.add_argument("--caption-dropout", type=float, default=0.1, help="unet stage: fraction of empty captions")
     p.add_argument(
         "--spatial-modalities",
@@ -228,5 +233,6 @@ def main(args: argparse.Namespace) -> None:
         grad_accum=args.grad_accum,
         resume=args.resume,
         save_every_minutes=args.save_every,
+        keep_snapshots=args.keep_snapshots,
     )
     train(stage, cfg)

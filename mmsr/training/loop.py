@@ -35,6 +35,7 @@ class LoopConfig:
     warmup_steps: int = 50
     log_every: int = 10
     save_every_minutes: float = 10.0
+    keep_snapshots: bool = False  # also keep every snapshot in OUT/snapshots/step-N, best or not
     ema_decay: float = 0.999
     disc_lr: float | None = None
 
@@ -180,7 +181,13 @@ def _save_snapshot(stage, model, ema, cfg: LoopConfig, step: int) -> None:
 
 
 def _save_if_best(stage, model, cfg: LoopConfig, step: int) -> None:
-    """Save ``model``; with ``stage.validate``, log its held-out scores and save only a new best."""
+    """Save ``model``; with ``stage.validate``, log its held-out scores and save only a new best.
+
+    With ``cfg.keep_snapshots`` every snapshot is also kept in ``OUT/snapshots/step-N``, so it can be
+    chosen afterwards by a measure the loop does not compute (``mmsr.training.calibrate``: the gate
+    margins at the shipped sampler; held-out x0-MSE alone picked a worse model for ``lite`` v3)."""
+    if cfg.keep_snapshots:
+        stage.save(model, cfg.out / "snapshots" / f"step-{step:06d}", np.random.default_rng(cfg.seed + 12345))
     scores = stage.validate(model) if hasattr(stage, "validate") else {}
     if scores:
         record = {"step": step, **scores}
