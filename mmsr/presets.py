@@ -84,7 +84,6 @@ def _unet_config(
 
 
 LITE_CHANNELS = (48, 96, 192)
-LITE_TOKENIZER = dict(_class="PatchCodebook", num_vq_embeddings=1024, patch_size=16, pool=8)
 # One step from pure noise returns the model's x0 estimate (the conditional mean of the residual).
 # Measured on the first 6 set14 degraded_x4 images (35-minute checkpoint): PSNR 21.23 at 1 step,
 # 20.93 at 2, 20.71 at 4 (Real-ESRGAN alone: 21.38); more steps add texture this model got wrong.
@@ -163,7 +162,7 @@ PRESETS: dict[str, Preset] = {
         unet=_unet_config(
             LITE_CHANNELS, cross_dim=384, head_dim=8, groups=16, layers=1, latent=192, top_attention=False
         ),
-        vq=LITE_TOKENIZER,
+        vq=dict(_class="PatchCodebook", num_vq_embeddings=1024, patch_size=16, pool=8),
         connector=dict(num_latents=32, depth=1, heads=4, dim_head=32),
         scheduler=FEW_STEP_SCHEDULER_CONFIG,
         pipeline=dict(stage1="realesrgan-x4plus", residual=True, trained_modalities=("seg", "edges")),

@@ -180,7 +180,7 @@ def warm_start(components: dict, folder: Path) -> None:
     target = components["unet"].state_dict()
     source = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=_f32()).state_dict()
     old, new = source["conv_in.weight"].shape[1], target["conv_in.weight"].shape[1]
-    if old < new:  # the preset adds spatial code inputs: they start at zero, the rest computes as before
+    if old < new:  # --spatial-modalities added code inputs: they start at zero, the rest computes as before
         source["conv_in.weight"] = widen_conv_in(source["conv_in.weight"], new)
         print(f"warm start: conv_in widened from {old} to {new} inputs (the new ones start at zero)")
     matched = {k: v for k, v in source.items() if k in target and v.shape == target[k].shape}
