@@ -54,7 +54,7 @@ class MMSRPipeline(DiffusionPipeline):
       returns the condition image exactly.
     * ``trained_modalities``: the modalities the model saw while training; any other is ``m_0``.
     * ``spatial_modalities``: modalities whose codes are also laid on the latent grid and concatenated
-      with the UNet input (:mod:`mmsr.spatial`; ``lite``); ``in_channels`` grows by
+      with the UNet input (:mod:`mmsr.spatial`; opt-in, ``train --spatial-modalities``); ``in_channels`` grows by
       ``code_channels`` each. Empty (the paper): maps reach the UNet through the connector only.
     """
 
