@@ -49,14 +49,16 @@ FIELDS = (
     ("image", "caption", "recaption", "run", "stop", "info", "slider", "run_status", "dl_mmsr", "dl_base")
     + ("dl_json", "gallery", "scores", "scores_note", "timings", "heat_mmsr", "heat_base", "changes_heat")
     + tuple(f"{m}_{part}" for m in MODALITIES for part in PER_MODALITY)
-    + ("cfg_mode", "guidance", "steps", "strength", "settings_note", "seed", "dice", "baseline", "negative")
+    + ("cfg_mode", "guidance", "steps", "strength", "residual_scale", "settings_note", "seed", "dice", "baseline")
+    + ("negative",)
     + ("refine", "downscale", "hr", "import_json", "import_note", "lab_folder", "lab_refresh", "lab_report")
     + ("previous",)
 )
 SWITCHES = tuple(f"{m}_on" for m in MODALITIES)
 TAUS = tuple(f"{m}_tau" for m in MODALITIES)
 MAPS = tuple(f"{m}_map" for m in MODALITIES)
-CONTROLS = ("caption", "negative", "cfg_mode", "guidance", "steps", "strength", "seed", "refine", *SWITCHES, *TAUS)
+CONTROLS = ("caption", "negative", "cfg_mode", "guidance", "steps", "strength", "residual_scale", "seed", "refine")
+CONTROLS += (*SWITCHES, *TAUS)
 PREPARE_INPUTS = ("image", "downscale", *SWITCHES, *MAPS)
 RUN_INPUTS = ("image", *CONTROLS, *MAPS, "hr", "downscale", "baseline", "previous")
 RUN_OUTPUTS = ("slider", "gallery", "heat_mmsr", "heat_base", "scores", "scores_note", "timings", "caption")
@@ -180,6 +182,9 @@ def _settings_tab(ui: dict, demo: Demo) -> None:
         ui["steps"] = _slider("steps", value=demo.engine.preset.default_steps, label="denoising schedule (steps)")
         ui["strength"] = _slider("strength", value=demo.default_strength(), label="strength (1 = from pure noise)",
                                  visible=demo.default_strength() < 1)  # fmt: skip
+        ui["residual_scale"] = _slider("residual_scale", value=demo.default_residual_scale(),
+                                       label="residual scale (1 = the model's estimate, 0 = its stage 1 alone)",
+                                       visible=demo.has_stage1())  # fmt: skip
     ui["settings_note"] = gr.Markdown(
         demo.settings_note(demo.engine.preset.default_steps, baseline=demo.default_baseline())
     )

@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name in MODALITIES:
         p.add_argument(f"--no-{name}", action="store_true", help=f"switch {name} off (m_0)")
         p.add_argument(f"--{name}-map", type=Path, help=f"use this image as the {name} map")
-    for name in ("cfg_mode", "guidance", "steps", "seed", "strength"):
+    for name in ("cfg_mode", "guidance", "steps", "seed", "strength", "residual_scale"):
         setting_argument(p, name)
     p.add_argument(
         "--temperature",
@@ -111,6 +111,7 @@ def main(args: argparse.Namespace) -> None:
             steps=args.steps,
             seed=args.seed,
             strength=args.strength,
+            residual_scale=args.residual_scale,
             modalities={k: not getattr(args, f"no_{k}") for k in MODALITIES},
             temperatures=parse_temperatures(args.temperature),
             auto_caption=not args.no_caption,

@@ -229,6 +229,12 @@ class Engine:
         """The guidance weight w a run under ``settings`` uses: its own, else the preset's."""
         return self.preset.default_guidance if settings.guidance is None else settings.guidance
 
+    def residual_scale(self, settings: UpscaleSettings) -> float:
+        """The residual scale a run under ``settings`` uses: its own, else the checkpoint's (1 without a stage 1)."""
+        if settings.residual_scale is not None:
+            return settings.residual_scale
+        return getattr(self.pipeline.config, "residual_scale", 1.0)
+
     def upscale(
         self,
         lr: Image.Image,
@@ -240,10 +246,11 @@ class Engine:
 
         Running out of memory raises :class:`mmsr.errors.ResourceError` (with what to change) after
         the memory is released, so the engine keeps serving. The result's settings hold the guidance
-        weight the run used (the preset's when ``settings`` leave it unset), so a record replays it.
+        weight and residual scale the run used (the preset's and the checkpoint's when ``settings`` leave
+        them unset), so a record replays it.
         """
-        if settings.guidance is None:  # the only rebuild: the preset's w, so a record replays the run
-            settings = replace(settings, guidance=self.preset.default_guidance)
+        if settings.guidance is None or settings.residual_scale is None:  # so a record replays the run
+            settings = replace(settings, guidance=self.guidance(settings), residual_scale=self.residual_scale(settings))
         caption_notes = list(settings.notes)  # e.g. the cut of an overlong caption, made when settings were built
         check_size(lr, MAX_LR_SIDE)
         try:
@@ -303,6 +310,7 @@ class Engine:
             latent_tile=self.latent_tile,
             num_samples=self.num_samples,
             spatial_maps=self.spatial_maps(results, lr.size),
+            residual_scale=self.residual_scale(settings),
         )
         timings.update({f"{prefix}{k}": v for k, v in out.timings.items() if k != "tokenizer"})
         if notes is not None:

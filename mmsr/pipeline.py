@@ -52,6 +52,9 @@ class MMSRPipeline(DiffusionPipeline):
       ``"realesrgan-x4plus"``: a frozen restoration stage whose output replaces bicubic (DiffBIR).
     * ``residual``: the diffusion generates ``HR - condition image``, so a model that predicts zero
       returns the condition image exactly.
+    * ``residual_scale``: the default share ``s`` of that residual added back (``residual`` only):
+      ``stage 1 + s * residual``. Below 1 it moves from the model's (posterior-mean, hence smooth)
+      estimate towards stage 1's texture, along the perception-distortion trade-off.
     * ``trained_modalities``: the modalities the model saw while training; any other is ``m_0``.
     * ``spatial_modalities``: modalities whose codes are also laid on the latent grid and concatenated
       with the UNet input (:mod:`mmsr.spatial`; opt-in, ``train --spatial-modalities``); ``in_channels`` grows by
@@ -74,6 +77,7 @@ class MMSRPipeline(DiffusionPipeline):
         residual: bool = False,
         trained_modalities: list | tuple = MODALITIES,
         spatial_modalities: list | tuple = (),
+        residual_scale: float = 1.0,
     ):
         super().__init__()
         if stage1 not in STAGE1_MODELS:
@@ -86,7 +90,9 @@ class MMSRPipeline(DiffusionPipeline):
             residual=residual,
             trained_modalities=list(trained_modalities),
             spatial_modalities=list(spatial_modalities),
+            residual_scale=float(residual_scale),
         )
+        self._check_residual_scale(residual_scale)
         self._restorer = None
         self.register_modules(
             vae=vae,
@@ -250,11 +256,14 @@ class MMSRPipeline(DiffusionPipeline):
         return timesteps[min(len(timesteps) - 1, round(len(timesteps) * (1 - strength))) :]
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, lr_latent: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents -> image in [0, 1]; with ``residual``, the generated residual is added to ``lr_latent``."""
+    def decode(
+        self, latents: torch.Tensor, lr_latent: torch.Tensor | None = None, residual_scale: float = 1.0
+    ) -> torch.Tensor:
+        """Latents -> image in [0, 1]; with ``residual``, ``residual_scale`` times the generated residual is
+        added to ``lr_latent`` (the autoencoder of a residual pipeline is linear, so this is pixel space)."""
         latents = latents / self.vae.config.scaling_factor
         if self.config.residual:
-            latents = latents + lr_latent
+            latents = residual_scale * latents + lr_latent
         image = self.vae.decode(latents).sample
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
@@ -288,6 +297,12 @@ class MMSRPipeline(DiffusionPipeline):
 
         overlap = default_overlap(tile, self.unet_factor) if tile else 0
         return tiled_apply(unet, x, tile, overlap, self.unet_factor)
+
+    def _check_residual_scale(self, residual_scale: float) -> None:
+        if not (math.isfinite(residual_scale) and residual_scale >= 0):
+            raise ValueError(f"residual_scale must be a finite number >= 0, got {residual_scale}")
+        if residual_scale != 1 and not self.config.residual:
+            raise ValueError("residual_scale needs a residual pipeline (one with a stage 1, e.g. lite); this one has none")
 
     def check_inputs(
         self, lr: torch.Tensor, guidance_scale: float, num_inference_steps: int, strength: float, num_samples: int = 1
@@ -335,6 +350,7 @@ class MMSRPipeline(DiffusionPipeline):
         stage1: torch.Tensor | None = None,
         num_samples: int = 1,
         spatial_maps: dict[str, torch.Tensor | None] | None = None,
+        residual_scale: float | None = None,
     ) -> MMSRPipelineOutput:
         """Args:
         lr: ``(B, 3, h, w)`` in [0, 1]. Output is ``(B, 3, 4h, 4w)``.
@@ -360,9 +376,13 @@ class MMSRPipeline(DiffusionPipeline):
             batched run: a Monte Carlo estimate of the posterior mean. With one x0-prediction step from
             pure noise (``lite``) each sample is the model's E[x0 | condition] plus the noise the model
             failed to ignore; averaging removes that grain (``Preset.default_samples``).
+        residual_scale: the share of the generated residual added to the stage-1 image (``residual``
+            pipelines only); ``None`` = the checkpoint's ``residual_scale``.
         """
         # 1. Check inputs
         self.check_inputs(lr, guidance_scale, num_inference_steps, strength, num_samples)
+        residual_scale = self.config.residual_scale if residual_scale is None else float(residual_scale)
+        self._check_residual_scale(residual_scale)
         negative = negative_branch(cfg_mode)
         taus = self.temperature_tensor(temperatures)
         device = self._execution_device
@@ -432,7 +452,7 @@ class MMSRPipeline(DiffusionPipeline):
 
         # 5. Decode and crop the padding away
         with timer("vae_decode"), vae_tiling(self.vae, output_side):
-            images = self.decode(latents, lr_latent)[..., : out_size[0], : out_size[1]]
+            images = self.decode(latents, lr_latent, residual_scale)[..., : out_size[0], : out_size[1]]
             images = images.reshape(num_samples, b, *images.shape[1:]).mean(0)
         self.maybe_free_model_hooks()
         return MMSRPipelineOutput(images=images, timings=timer.seconds, warnings=warnings)

@@ -99,6 +99,16 @@ SPECS: dict[str, Spec] = {
         step=0.05,
         optional=True,
     ),  # fmt: skip
+    "residual_scale": Spec(
+        None,
+        float,
+        "share of the generated residual added to the stage-1 image: 1 = the model's estimate, "
+        "0 = stage 1 alone (default: the checkpoint's)",
+        0,
+        1,
+        step=0.05,
+        optional=True,
+    ),  # fmt: skip
     "seed": Spec(0, int, "seed of the diffusion noise", 0, 2**32 - 1, step=1),
     "modalities": Spec(True, bool, "use the modality (off = m_0)"),
     "temperatures": Spec(1.0, float, "attention temperature tau of eq. (5); smaller = stronger", *TAU_RANGE, step=0.1),
@@ -154,6 +164,7 @@ class UpscaleSettings:
     guidance: float = _default("guidance")
     steps: int | None = _default("steps")
     strength: float | None = _default("strength")
+    residual_scale: float | None = _default("residual_scale")
     seed: int = _default("seed")
     modalities: dict[str, bool] = _default("modalities")
     temperatures: dict[str, float] = _default("temperatures")

@@ -93,7 +93,7 @@ def test_fields_name_every_component_once(demo):
 
 
 def test_widget_bounds_and_defaults_come_from_the_settings_table(demo):
-    for name in ("guidance", "strength"):
+    for name in ("guidance", "strength", "residual_scale"):
         widget, s = demo.ui[name], spec(name)
         assert (widget.minimum, widget.maximum, widget.step) == (s.min, s.max, s.step)
     assert demo.ui["steps"].maximum == spec("steps").max
@@ -101,6 +101,8 @@ def test_widget_bounds_and_defaults_come_from_the_settings_table(demo):
     assert demo.ui["guidance"].value == preset.default_guidance and demo.ui["steps"].value == preset.default_steps
     assert demo.ui["depth_tau"].minimum == spec("temperatures").min
     assert demo.ui["strength"].visible is (demo.lab.default_strength() < 1)
+    assert demo.ui["residual_scale"].visible is demo.lab.has_stage1()  # only a model over a stage 1 has one
+    assert demo.ui["residual_scale"].value == demo.lab.default_residual_scale()
 
 
 def test_status_is_one_plain_line_per_modality_without_paths(lab):

@@ -71,6 +71,48 @@ def test_an_untrained_residual_model_returns_the_stage1_image_exactly():
     assert "stage1" not in out.timings  # a precomputed stage 1 is not run again
 
 
+def test_residual_scale_moves_the_output_linearly_from_stage1_to_the_model(tmp_path):
+    """``stage 1 + s * residual``: s = 0 is stage 1, s = 1 the model; the checkpoint carries its default."""
+    pipe = residual_pipe(stage1="realesrgan-x4plus", residual=True)
+    torch.nn.init.normal_(pipe.unet.conv_out.weight, std=0.02)  # a model that predicts a residual
+    lr = torch.rand(1, 3, 12, 20)
+    stage1 = torch.full((1, 3, 48, 80), 0.5)
+
+    def run(pipe, **kw):
+        gen = torch.Generator().manual_seed(0)
+        return pipe(lr, "a cat", stage1=stage1, num_inference_steps=2, generator=gen, **kw).images
+
+    full, half, none = run(pipe), run(pipe, residual_scale=0.5), run(pipe, residual_scale=0.0)
+    assert torch.equal(none, stage1)
+    assert (full - stage1).abs().mean() > 1e-3
+    assert torch.allclose(half - stage1, (full - stage1) / 2, atol=1e-5)  # no clipping near 0.5 grey
+    pipe.register_to_config(residual_scale=0.5)
+    pipe.save_pretrained(tmp_path)
+    again = MMSRPipeline.from_pretrained(tmp_path, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+    assert again.config.residual_scale == 0.5
+    assert torch.allclose(run(again), half, atol=1e-5)  # its default
+    with pytest.raises(ValueError, match="residual_scale must be"):
+        run(pipe, residual_scale=float("nan"))
+    with pytest.raises(ValueError, match="needs a residual pipeline"):
+        residual_pipe()(lr, "a cat", num_inference_steps=1, residual_scale=0.5)
+
+
+def test_engine_records_the_residual_scale_it_ran_with():
+    from mmsr.engine import Engine
+    from mmsr.settings import UpscaleSettings
+
+    pipe = residual_pipe(stage1="realesrgan-x4plus", residual=True, residual_scale=0.8)
+    engine = Engine(pipe, "tiny-random")
+    lr = Image.new("RGB", (8, 8), (10, 200, 30))
+    engine.remember_stage1(lr, Image.new("RGB", (32, 32), (1, 2, 3)))
+    settings = UpscaleSettings(steps=1, auto_caption=False)
+    assert engine.upscale(lr, settings).settings.residual_scale == 0.8  # the checkpoint's, so a record replays it
+    own = UpscaleSettings(steps=1, auto_caption=False, residual_scale=0)
+    assert engine.upscale(lr, own).settings.residual_scale == 0
+    with pytest.raises(ValueError, match=r"residual scale must lie in \[0, 1\]"):
+        UpscaleSettings(residual_scale=1.5)
+
+
 def test_pipeline_config_round_trips_and_lite_declares_it(tmp_path):
     pipe = residual_pipe(stage1="realesrgan-x4plus", residual=True, trained_modalities=["edges"])
     pipe.save_pretrained(tmp_path)

@@ -316,11 +316,15 @@ def test_calibration_scores_the_photos_training_held_out(tiny_data, tmp_path, ti
     args = argparse.Namespace(
         checkpoint=None, data=tiny_data, val_photos=1, seed=0, samples=[1, 2], guidance=[1.0, 3.0], crop_side=64
     )
+    args.residual_scale = [0.0, 1.0]
     table = calibrate.run(args)
-    assert len(table) == 2 * 2 * 2  # LR kinds x sample counts x guidance weights
+    assert len(table) == 2 * 2 * 2 * 2  # LR kinds x sample counts x guidance weights x residual scales
     for row in table.values():  # NIQE needs more than these 64 px crops
         assert np.isfinite([row[m] for m in ("psnr", "ssim", "lr_psnr")]).all()
-    assert "| degraded | 2 | 3 |" in calibrate.markdown(table)
+        if row["residual_scale"] == 0:  # s = 0 is the stage-1 image itself: every margin is its tolerance
+            assert [row[m] for m in ("psnr", "ssim", "lr_psnr")] == pytest.approx([0.2, 0.01, 0.0])
+    assert table["degraded K=2 w=3.0 s=1.0"]["psnr"] != pytest.approx(0.2)
+    assert "| degraded | 2 | 3 | 1 |" in calibrate.markdown(table)
 
 
 @pytest.fixture

@@ -70,6 +70,7 @@ def _settings(controls: dict) -> UpscaleSettings:
     """``UpscaleSettings`` from the page's field values; unset fields keep the settings' defaults."""
     names = {"caption": "caption", "negative": "negative_prompt", "cfg_mode": "cfg_mode", "guidance": "guidance"}
     names |= {"steps": "steps", "strength": "strength", "seed": "seed", "refine": "refine"}
+    names |= {"residual_scale": "residual_scale"}
     unknown = set(controls) - set(names) - {f"{m}_{p}" for m in MODALITIES for p in ("on", "tau")}
     if unknown:
         raise TypeError(f"unknown controls {sorted(unknown)}")
@@ -133,6 +134,13 @@ class Demo:
 
     def default_strength(self) -> float:
         return self.engine.preset.default_strength
+
+    def default_residual_scale(self) -> float:
+        return self.engine.residual_scale(UpscaleSettings())
+
+    def has_stage1(self) -> bool:
+        """Whether the model adds a residual to a stage-1 image (``lite``), so the residual scale applies."""
+        return bool(self.engine.pipeline.config.residual)
 
     def settings_note(self, steps, strength=None, baseline=TEXT_ONLY, **switches) -> str:
         """The schedule that will run, a time estimate, and whether MMSR equals its baseline."""
@@ -354,7 +362,7 @@ class Demo:
             "guidance": self.engine.guidance(s),
         }
         out |= {"steps": self.engine.num_steps(s), "seed": s.seed, "refine": s.refine}
-        out |= {"strength": s.strength or self.default_strength()}
+        out |= {"strength": s.strength or self.default_strength(), "residual_scale": self.engine.residual_scale(s)}
         out |= {f"{m}_on": s.modalities[m] for m in MODALITIES} | {f"{m}_tau": s.temperatures[m] for m in MODALITIES}
         note = " · ".join(notes) or "settings match this app; upload the same input and Run."
         return out | {"import_note": f"Imported: {note}"}

@@ -131,6 +131,7 @@ def flat_settings(settings, baseline: str, lr_hash: str) -> dict:
     out = {"input": lr_hash[:8], "caption": settings.caption, "negative": settings.negative_prompt}
     out |= {"cfg": settings.cfg_mode, "guidance": settings.guidance, "steps": settings.steps}
     out |= {"strength": settings.strength, "seed": settings.seed, "baseline": baseline, "refine": settings.refine}
+    out |= {"residual scale": settings.residual_scale}
     for name in MODALITIES:
         out[name] = "on" if settings.modalities[name] else "off"
         out[f"{name} τ"] = settings.temperatures[name]

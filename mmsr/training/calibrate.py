@@ -9,9 +9,11 @@ and one bicubic x4 LR, Canny edges of the LR as the engine extracts them, the VO
 the photo has one, the photo's caption.
 
 Each (guidance, seed) pair is sampled once (one sample per run); the mean of the first K seeds is
-the K-sample output, so a whole grid of K costs one run per seed::
+the K-sample output, so a whole grid of K costs one run per seed. The residual scale s is applied to
+that mean afterwards, ``stage 1 + s * (output - stage 1)`` (the pipeline scales each sample before
+clipping; the two differ only where a sample clips), so the s grid costs no sampling at all::
 
-    python -m mmsr.training.calibrate --samples 1,2,4,6,8 --guidance 1,4,7 --out runs/calibrate
+    python -m mmsr.training.calibrate --samples 1,2,4,6,8 --guidance 1,4,7 --residual-scale 0.6,0.8,1
 """
 
 from __future__ import annotations
@@ -81,8 +83,8 @@ def run(args: argparse.Namespace) -> dict:
     engine = Engine.load("lite", checkpoint=args.checkpoint, device="cpu")
     engine.num_samples = 1
     scorer = Scorer(names=[m for m, _, _ in GATES])
-    ks, ws = args.samples, args.guidance
-    scores = {(kind, k, w): {} for kind in KINDS for k in ks for w in ws}
+    ks, ws, scales = args.samples, args.guidance, args.residual_scale
+    scores = {(kind, k, w, s): {} for kind in KINDS for k in ks for w in ws for s in scales}
     reference: dict = {kind: {} for kind in KINDS}
 
     def add(row: dict, image: Image.Image, lr: Image.Image, hr: Image.Image) -> None:
@@ -103,29 +105,36 @@ def run(args: argparse.Namespace) -> dict:
         for w in ws:
             samples = []
             for seed in range(max(ks)):
-                settings = UpscaleSettings(caption=caption, auto_caption=False, seed=seed, guidance=w)
+                settings = UpscaleSettings(caption=caption, auto_caption=False, seed=seed, guidance=w, residual_scale=1)
                 result = engine.upscale(lr, settings, user_maps={"seg": seg} if seg is not None else None)
                 samples.append(np.asarray(result.image, dtype=np.float64))
+            stage1 = np.asarray(baseline, dtype=np.float64)
             for k in ks:
-                mean = Image.fromarray(np.mean(samples[:k], axis=0).round().astype(np.uint8))
-                add(scores[(kind, k, w)], mean, lr, hr)
+                mean = np.mean(samples[:k], axis=0)
+                for s in scales:
+                    blend = (stage1 + s * (mean - stage1)).clip(0, 255).round().astype(np.uint8)
+                    add(scores[(kind, k, w, s)], Image.fromarray(blend), lr, hr)
         print(f"calibrate {n + 1}: {key} {kind}", flush=True)
     table = {}
-    for (kind, k, w), row in scores.items():
-        table[f"{kind} K={k} w={w}"] = {"kind": kind, "samples": k, "guidance": w, **margins(row, reference[kind])}
+    for (kind, k, w, s), row in scores.items():
+        key = f"{kind} K={k} w={w} s={s}"
+        table[key] = {"kind": kind, "samples": k, "guidance": w, "residual_scale": s, **margins(row, reference[kind])}
     return table
 
 
 def markdown(table: dict) -> str:
     names = [m for m, _, _ in GATES]
     lines = [
-        "| LR | samples | guidance | " + " | ".join(f"{m} margin" for m in names) + " | worst (tolerances) |",
-        "|---" * (len(names) + 4) + "|",
+        "| LR | samples | guidance | residual scale | "
+        + " | ".join(f"{m} margin" for m in names)
+        + " | worst (tolerances) |",
+        "|---" * (len(names) + 5) + "|",
     ]
     for row in table.values():
         margin = {m: row[m] for m in names if m in row}
         cells = " | ".join(f"{row[m]:+.3f}" if m in row else "-" for m in names)
-        lines.append(f"| {row['kind']} | {row['samples']} | {row['guidance']:g} | {cells} | {worst(margin):+.2f} |")
+        setting = f"{row['samples']} | {row['guidance']:g} | {row.get('residual_scale', 1):g}"
+        lines.append(f"| {row['kind']} | {setting} | {cells} | {worst(margin):+.2f} |")
     return "\n".join(lines)
 
 
@@ -140,13 +149,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--samples", default="1,2,4,6,8", help="comma-separated sample counts K")
     p.add_argument("--guidance", default="4", help="comma-separated guidance weights w")
+    p.add_argument(
+        "--residual-scale", default="1", help="comma-separated residual scales s in [0, 1] (stage 1 + s * residual)"
+    )
     p.add_argument("--out", type=Path, default=Path("runs/calibrate"))
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
     args.samples = sorted({int(v) for v in args.samples.split(",") if v})
     args.guidance = [float(v) for v in args.guidance.split(",") if v]
+    args.residual_scale = [float(v) for v in args.residual_scale.split(",") if v]
     if not args.samples or min(args.samples) < 1:
         p.error("--samples takes whole numbers >= 1")
+    if not args.residual_scale or not all(0 <= s <= 1 for s in args.residual_scale):
+        p.error("--residual-scale takes numbers in [0, 1]")
     if args.threads:
         torch.set_num_threads(args.threads)
     table = run(args)
