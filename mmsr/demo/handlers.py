@@ -362,7 +362,11 @@ class Demo:
             "guidance": self.engine.guidance(s),
         }
         out |= {"steps": self.engine.num_steps(s), "seed": s.seed, "refine": s.refine}
-        out |= {"strength": s.strength or self.default_strength(), "residual_scale": self.engine.residual_scale(s)}
+        residual_scale = self.engine.residual_scale(s)
+        if not self.has_stage1() and residual_scale != 1:
+            notes.append(f"residual scale {residual_scale:g} needs a model over a stage 1; this one runs without (1)")
+            residual_scale = 1.0
+        out |= {"strength": s.strength or self.default_strength(), "residual_scale": residual_scale}
         out |= {f"{m}_on": s.modalities[m] for m in MODALITIES} | {f"{m}_tau": s.temperatures[m] for m in MODALITIES}
         note = " · ".join(notes) or "settings match this app; upload the same input and Run."
         return out | {"import_note": f"Imported: {note}"}
