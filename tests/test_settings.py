@@ -27,8 +27,9 @@ def test_cli_defaults_and_choices_come_from_the_table():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["in.png", "-o", "out.png"])
-    for name in ("caption", "negative_prompt", "cfg_mode", "guidance", "steps", "seed", "strength"):
+    for name in ("caption", "negative_prompt", "cfg_mode", "guidance", "steps", "seed", "strength", "residual_scale"):
         assert getattr(args, name) == SPECS[name].default, name
+    assert parser.parse_args(["in.png", "-o", "out.png", "--residual-scale", "0.3"]).residual_scale == 0.3
     cfg = next(a for a in parser._actions if a.dest == "cfg_mode")
     assert tuple(cfg.choices) == SPECS["cfg_mode"].choices
 
