@@ -260,7 +260,7 @@ class MMSRPipeline(DiffusionPipeline):
         self, latents: torch.Tensor, lr_latent: torch.Tensor | None = None, residual_scale: float = 1.0
     ) -> torch.Tensor:
         """Latents -> image in [0, 1]; with ``residual``, ``residual_scale`` times the generated residual is
-        added to ``lr_latent`` (the autoencoder of a residual pipeline is linear, so this is pixel space)."""
+        added to ``lr_latent`` (with ``lite``'s linear pixel-unshuffle autoencoder, exactly so in pixels)."""
         latents = latents / self.vae.config.scaling_factor
         if self.config.residual:
             latents = residual_scale * latents + lr_latent
