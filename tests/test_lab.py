@@ -435,6 +435,29 @@ def test_wrong_context_gives_mmsr_another_images_maps(tiny_pipe, lab_data):
     assert list(again.getdata()) == list(wrong.getdata()) and list(right.getdata()) != list(wrong.getdata())
 
 
+def test_a_fixed_residual_scale_reaches_every_mmsr_model_and_is_recorded(tiny_pipe, lab_data, tmp_path):
+    from mmsr.engine import Engine
+    from mmsr.lab.methods import EngineMethod
+
+    config = RunConfig(data=lab_data, out=tmp_path, preset="tiny-random", residual_scale=0.5).validate()
+    assert config.invariants()["residual_scale"] == 0.5
+    assert "residual_scale" not in replace(config, residual_scale=None).invariants()  # old folders still resume
+    with pytest.raises(ValueError, match=r"residual scale must lie in \[0, 1\]"):
+        RunConfig(data=lab_data, out=tmp_path, preset="tiny-random", residual_scale=1.5).validate()
+    engine = Engine(tiny_pipe, "tiny-random")  # a model without a stage 1: only s = 1 runs
+    lr = prepare("astronaut.png", lab_data / "astronaut.png", "bicubic").lr
+    setting, kw = Setting(cfg_mode="m-cfg", guidance=4.0, subset="all"), {"caption": "a photo", "seed": 0}
+    with pytest.raises(ValueError, match="needs a residual pipeline"):
+        EngineMethod(engine, steps=1, residual_scale=0.5).run(lr, setting=setting, **kw)
+    one = EngineMethod(engine, steps=1, residual_scale=1.0).run(lr, setting=setting, **kw).image
+    default = EngineMethod(engine, steps=1).run(lr, setting=setting, **kw).image
+    assert list(one.getdata()) == list(default.getdata())
+    methods = build_methods(["text-only-mmsr"], preset="tiny-random", checkpoint=None, device="cpu", steps=1,
+                            engine=engine, residual_scale=0.5)  # fmt: skip
+    with pytest.raises(ValueError, match="needs a residual pipeline"):
+        methods.methods["text-only-mmsr"].run(lr, setting=setting, **kw)
+
+
 def _label_map(size, label):
     """A VOC id map: the left half ``label``, the right half background."""
     ids = np.zeros((size[1], size[0]), np.uint8)

@@ -134,6 +134,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cpu, cuda ... (default: each process's own accelerator; leave unset under multi-GPU accelerate launch)",
     )
     run.add_argument("--steps", type=int, help=f"MMSR's {SPECS['steps'].describe()}")
+    run.add_argument(
+        "--residual-scale", type=float, help=f"every MMSR model's {SPECS['residual_scale'].describe()}"
+    )
     run.add_argument("--guidance", help=f"{SPECS['guidance'].describe()}, e.g. 1,4,7")
     run.add_argument("--cfg-modes", default=SPECS["cfg_mode"].default, help=f"comma list of {', '.join(CFG_MODES)}")
     run.add_argument(
@@ -193,6 +196,7 @@ def config_from_args(args: argparse.Namespace):
         preset=args.preset,
         checkpoint=args.checkpoint,
         steps=args.steps,
+        residual_scale=args.residual_scale,
         device=args.device,
         metrics=parse_list(args.metrics, what="metrics") if args.metrics else None,
         crop=args.crop,

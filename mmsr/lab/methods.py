@@ -66,14 +66,18 @@ class Setting:
     def tau(self, modality: str) -> float:
         return dict(self.temperatures).get(modality, SPECS["temperatures"].default)
 
-    def settings(self, *, caption: str, seed: int, steps: int | None) -> UpscaleSettings:
-        """The run settings of this point (blank fields: the defaults of :data:`mmsr.settings.SPECS`)."""
+    def settings(
+        self, *, caption: str, seed: int, steps: int | None, residual_scale: float | None = None
+    ) -> UpscaleSettings:
+        """The run settings of this point (blank fields: the defaults of :data:`mmsr.settings.SPECS`);
+        ``steps`` and ``residual_scale`` are the run's own, the same at every point."""
         off, drop_text = SUBSETS[self.subset or "all"]
         return UpscaleSettings(
             caption="" if drop_text else caption,
             cfg_mode=self.cfg_mode or SPECS["cfg_mode"].default,
             guidance=self.guidance,
             steps=steps,
+            residual_scale=residual_scale,
             seed=seed,
             modalities={m: m not in off for m in MODALITIES},
             temperatures={m: self.tau(m) for m in MODALITIES},
@@ -143,8 +147,10 @@ class EngineMethod(Method):
         name: str = "mmsr",
         label: str = "MMSR",
         steps: int | None = None,
+        residual_scale: float | None = None,
     ):
         self.engine, self.name, self.label, self.steps = engine, name, label, steps
+        self.residual_scale = residual_scale
 
     def run(
         self,
@@ -156,7 +162,7 @@ class EngineMethod(Method):
         maps: dict[str, Image.Image] | None = None,
         context: Image.Image | None = None,
     ) -> MethodOutput:
-        settings = setting.settings(caption=caption, seed=seed, steps=self.steps)
+        settings = setting.settings(caption=caption, seed=seed, steps=self.steps, residual_scale=self.residual_scale)
         maps = dict(maps or {})
         if context is not None:
             # another image's maps, stretched onto lr: its user maps, the extractors' for the rest
@@ -179,12 +185,14 @@ class EngineMethod(Method):
 class BaselineMethod(Method):
     """A member of :data:`baselines.BASELINES`; text-only MMSR also gets the guidance settings."""
 
-    def __init__(self, baseline, *, name: str | None = None, steps: int | None = None):
+    def __init__(
+        self, baseline, *, name: str | None = None, steps: int | None = None, residual_scale: float | None = None
+    ):
         self.baseline = baseline
         self.name = name or baseline.name
         self.label = baseline.label
         self.uses_caption = baseline.uses_caption
-        self.steps = steps
+        self.steps, self.residual_scale = steps, residual_scale
         shared = [a for a in SETTING_AXES if a in baseline.shared]
         self.axes = frozenset([*shared, *(["caption"] if self.uses_caption else [])])
 
@@ -210,7 +218,8 @@ class BaselineMethod(Method):
     ) -> MethodOutput:
         """Baselines see only the LR and the caption: ``maps`` and ``context`` do not apply."""
         start = time.perf_counter()
-        image = self.baseline.run(lr, setting.settings(caption=caption, seed=seed, steps=self.steps))
+        settings = setting.settings(caption=caption, seed=seed, steps=self.steps, residual_scale=self.residual_scale)
+        image = self.baseline.run(lr, settings)
         return MethodOutput(image, {"method": time.perf_counter() - start})
 
 
@@ -250,12 +259,15 @@ def build_methods(
     device: str,
     steps: int | None,
     engine=None,
+    residual_scale: float | None = None,
 ) -> MethodSet:
     """Instantiate the requested methods on ``device``; unavailable ones come back with a reason.
 
     The engine (MMSR's weights) is shared by ``mmsr`` and ``text-only-mmsr``; ``lite-text-only`` is the
     separately trained text-only twin in ``checkpoints/lite-text-only`` (lite preset only).
+    ``steps`` and ``residual_scale`` (``None``: the preset's and the checkpoint's) apply to every MMSR model.
     """
+    fixed = dict(steps=steps, residual_scale=residual_scale)
     from baselines import get_baseline
 
     from ..engine import Engine
@@ -267,9 +279,9 @@ def build_methods(
     unavailable: dict[str, str] = {}
     for name in names:
         if name == "mmsr":
-            methods[name] = EngineMethod(engine, steps=steps)
+            methods[name] = EngineMethod(engine, **fixed)
         elif name == TEXT_ONLY:
-            methods[name] = BaselineMethod(get_baseline(TEXT_ONLY, engine=engine, device=device), steps=steps)
+            methods[name] = BaselineMethod(get_baseline(TEXT_ONLY, engine=engine, device=device), **fixed)
         elif name == TWIN:
             reason = _twin_blocker(preset)
             if reason:
@@ -279,7 +291,7 @@ def build_methods(
             methods[name] = BaselineMethod(
                 get_baseline(TEXT_ONLY, engine=twin, device=device),
                 name=TWIN,
-                steps=steps,
+                **fixed,
             )
             methods[name].label = "Text-only model (lite, trained without modalities)"
         else:

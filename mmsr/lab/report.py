@@ -122,13 +122,15 @@ def _overview(ctx: Context) -> list[Block]:
     images = sorted({r["image"] for r in ok})
     methods = list(dict.fromkeys(r["method"] for r in ok))
     steps = escape(inv.get("steps") or "preset default")
+    scale = inv.get("residual_scale")
+    scale = "each checkpoint's" if scale is None else escape(f"{scale:g}")
     data = Path(str(inv.get("data", "?"))).name  # the folder's name: the report never shows a server path
     facts = [
         (
             f"**{len(ok)}** rows ({len(ctx.rows) - len(ok)} failed) over **{len(images)}** images and "
             f"**{len(methods)}** methods: {', '.join(map(escape, methods)) or 'none'}."
         ),
-        f"Preset {escape(inv.get('preset', '?'))}, steps: {steps}, LR {escape(inv.get('lr', '?'))}"
+        f"Preset {escape(inv.get('preset', '?'))}, steps: {steps}, residual scale: {scale}, LR {escape(inv.get('lr', '?'))}"
         + (f" (central {escape(inv['crop'])} px crops)" if inv.get("crop") else "")
         + f", data folder {escape(data)}.",
         f"Base setting: cfg mode {escape(ctx.base.cfg_mode)}, guidance {ctx.base.guidance:g}, all modalities, tau = 1, true captions.",

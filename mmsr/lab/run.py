@@ -66,6 +66,7 @@ class RunConfig:
     preset: str = "lite"
     checkpoint: str | None = None
     steps: int | None = None
+    residual_scale: float | None = None  # None: each checkpoint's own
     device: str | None = None
     metrics: list[str] | None = None
     crop: int | None = None
@@ -105,7 +106,7 @@ class RunConfig:
         for g in self.guidance:
             UpscaleSettings(guidance=g)
         for seed in self.seeds:
-            UpscaleSettings(seed=seed, steps=self.steps)
+            UpscaleSettings(seed=seed, steps=self.steps, residual_scale=self.residual_scale)
         for name, taus in self.temperatures.items():
             for tau in taus:
                 UpscaleSettings(temperatures={name: tau})
@@ -130,6 +131,7 @@ class RunConfig:
             "steps": self.steps,
             # only when given, so results folders written before --maps existed still resume
             **({"maps": {k: str(Path(v).resolve()) for k, v in sorted(self.maps.items())}} if self.maps else {}),
+            **({} if self.residual_scale is None else {"residual_scale": self.residual_scale}),
         }
 
 
@@ -429,7 +431,12 @@ def _load_methods(config: RunConfig, device: str):
     from .methods import build_methods
 
     methods = build_methods(
-        config.methods, preset=config.preset, checkpoint=config.checkpoint, device=device, steps=config.steps
+        config.methods,
+        preset=config.preset,
+        checkpoint=config.checkpoint,
+        device=device,
+        steps=config.steps,
+        residual_scale=config.residual_scale,
     )
     if not methods.methods:
         reasons = "; ".join(f"{k}: {v}" for k, v in methods.unavailable.items())
