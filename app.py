@@ -183,7 +183,7 @@ def _settings_tab(ui: dict, demo: Demo) -> None:
         ui["strength"] = _slider("strength", value=demo.default_strength(), label="strength (1 = from pure noise)",
                                  visible=demo.default_strength() < 1)  # fmt: skip
         ui["residual_scale"] = _slider("residual_scale", value=demo.default_residual_scale(),
-                                       label="residual scale (1 = the model's estimate, 0 = its stage 1 alone)",
+                                       label="residual scale (0 = stage 1 only, 1 = full)",
                                        visible=demo.has_stage1())  # fmt: skip
     ui["settings_note"] = gr.Markdown(
         demo.settings_note(demo.engine.preset.default_steps, baseline=demo.default_baseline())

@@ -302,7 +302,9 @@ class MMSRPipeline(DiffusionPipeline):
         if not (math.isfinite(residual_scale) and residual_scale >= 0):
             raise ValueError(f"residual_scale must be a finite number >= 0, got {residual_scale}")
         if residual_scale != 1 and not self.config.residual:
-            raise ValueError("residual_scale needs a residual pipeline (one with a stage 1, e.g. lite); this one has none")
+            raise ValueError(
+                "residual_scale needs a residual pipeline (one with a stage 1, e.g. lite); this one has none"
+            )
 
     def check_inputs(
         self, lr: torch.Tensor, guidance_scale: float, num_inference_steps: int, strength: float, num_samples: int = 1

@@ -275,7 +275,9 @@ def test_import_warns_about_another_preset_or_input(lab, tmp_path, result):
     record["settings"]["residual_scale"] = 0.6  # a lite record in an app whose model has no stage 1
     path.write_text(json.dumps(record))
     imported = lab.import_settings(str(path))
-    assert imported["residual_scale"] == 1 and "residual scale 0.6 needs a model over a stage 1" in imported["import_note"]
+    assert (
+        imported["residual_scale"] == 1 and "residual scale 0.6 needs a model over a stage 1" in imported["import_note"]
+    )
 
 
 def test_text_only_baseline_uses_the_same_seed_and_settings(lab, engine, lr_path):

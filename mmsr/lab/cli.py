@@ -134,9 +134,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cpu, cuda ... (default: each process's own accelerator; leave unset under multi-GPU accelerate launch)",
     )
     run.add_argument("--steps", type=int, help=f"MMSR's {SPECS['steps'].describe()}")
-    run.add_argument(
-        "--residual-scale", type=float, help=f"every MMSR model's {SPECS['residual_scale'].describe()}"
-    )
+    run.add_argument("--residual-scale", type=float, help=f"every MMSR model's {SPECS['residual_scale'].describe()}")
     run.add_argument("--guidance", help=f"{SPECS['guidance'].describe()}, e.g. 1,4,7")
     run.add_argument("--cfg-modes", default=SPECS["cfg_mode"].default, help=f"comma list of {', '.join(CFG_MODES)}")
     run.add_argument(
