@@ -376,6 +376,31 @@ def test_spatial_codes_follow_the_batch_dropout_and_train_the_new_inputs(tiny_da
     assert out.images.shape == (1, 3, 64, 64) and torch.isfinite(out.images).all()
 
 
+def test_fft_weight_adds_a_texture_term_to_the_x0_loss(tiny_data, tmp_path, spatial_preset, monkeypatch):
+    from accelerate import Accelerator
+
+    from mmsr import presets
+    from mmsr.training.diffusion import fft_amplitude_loss
+
+    with pytest.raises(ValueError, match="needs x0-prediction"):  # tiny-random predicts eps
+        _stage(tiny_data, tmp_path, "--stage", "unet", "--fft-weight", "0.5")
+    few_step = dataclasses.replace(presets.PRESETS["tiny-random"], scheduler=presets.FEW_STEP_SCHEDULER_CONFIG)
+    monkeypatch.setitem(presets.PRESETS, "tiny-random", few_step)
+    plain = _stage(tiny_data, tmp_path, "--stage", "unet")
+    textured = _stage(tiny_data, tmp_path, "--stage", "unet", "--fft-weight", "0.5")
+    plain.prepare(Accelerator(cpu=True), tmp_path)
+    textured.prepare(Accelerator(cpu=True), tmp_path)
+    batch = plain.next_batch(4, np.random.default_rng(0)) | {"noise_seed": 0}
+    textured.model.load_state_dict(plain.model.state_dict())
+    mse, logs, _ = plain.loss(plain.model, batch, 0)
+    total, both, _ = textured.loss(textured.model, batch, 0)
+    assert set(logs) == {"mse"} and set(both) == {"mse", "fft"}
+    assert both["mse"] == pytest.approx(logs["mse"]) and both["fft"] > 0
+    assert total.item() == pytest.approx(both["mse"] + 0.5 * both["fft"], rel=1e-5)
+    x = torch.rand(2, 3, 16, 16)
+    assert fft_amplitude_loss(x, x.roll(5, dims=-1)) < 1e-5 < fft_amplitude_loss(x, x.mean() + 0 * x)  # phase-blind
+
+
 def test_warm_start_widens_conv_in_for_the_spatial_codes(tiny_data, tmp_path, spatial_preset):
     stage = _stage(tiny_data, tmp_path / "old", "--stage", "unet")
     assert list(stage.pipe.config.spatial_modalities) == []  # the shipped design: no spatial codes

@@ -68,6 +68,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--caption-dropout", type=float, default=0.1, help="unet stage: fraction of empty captions")
     p.add_argument(
+        "--fft-weight",
+        type=float,
+        default=0.0,
+        help="unet stage (x0-prediction, pixel-unshuffle latents): weight of an L1 loss between the Fourier "
+        "amplitudes of the predicted and the true residual, which keeps texture energy the MSE averages away",
+    )
+    p.add_argument(
         "--spatial-modalities",
         default="",
         help="unet stage: also lay these maps' codes on the latent grid (mmsr.spatial), e.g. seg,edges; "
@@ -142,6 +149,7 @@ def build_stage(args: argparse.Namespace):
             sampler_weight=args.sampler_weight,
             val_photos=args.val_photos,
             caption_dropout=args.caption_dropout,
+            fft_weight=args.fft_weight,
         )
     if args.gradient_checkpointing:
         for module in stage.model.modules():

@@ -124,6 +124,11 @@ def code_indices(pipe: MMSRPipeline, features: torch.Tensor) -> torch.Tensor:
     return idx.reshape(features.shape[-2:]).to(torch.int16).cpu()
 
 
+def fft_amplitude_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 distance of the Fourier amplitudes of two image batches: texture energy, wherever it lies."""
+    return (torch.fft.rfft2(a, norm="ortho").abs() - torch.fft.rfft2(b, norm="ortho").abs()).abs().mean()
+
+
 class UNetStage:
     """Train ``unet`` + ``connector`` + ``condition_embedding`` (``m_0``) on cached latents.
 
@@ -152,6 +157,7 @@ class UNetStage:
         sampler_strength: float = 1.0,
         sampler_weight: float = 0.0,
         val_photos: int = 0,
+        fft_weight: float = 0.0,
     ):
         if crop % 8 or 256 % crop:
             raise ValueError(f"--crop must be a multiple of 8 that divides 256 (64, 128, 256), got {crop}")
@@ -170,6 +176,13 @@ class UNetStage:
         if not 0 <= sampler_weight <= 1:
             raise ValueError(f"sampler_weight must lie in [0, 1], got {sampler_weight}")
         self.sampler_weight = sampler_weight
+        if fft_weight < 0:
+            raise ValueError(f"fft_weight must be >= 0, got {fft_weight}")
+        if fft_weight and (
+            self.pipe.scheduler.config.prediction_type != "sample" or not hasattr(self.pipe.vae, "downsample_factor")
+        ):
+            raise ValueError("--fft-weight needs x0-prediction on a pixel-unshuffle latent (the lite preset)")
+        self.fft_weight = fft_weight
         self.sampler_timesteps = (
             self.pipe.get_timesteps(sampler_steps, sampler_strength, "cpu") if sampler_steps else None
         )
@@ -398,11 +411,25 @@ class UNetStage:
         gen = torch.Generator(device).manual_seed(batch["noise_seed"])
         noise = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype)
         t = self.timesteps(x0.shape[0], gen, device)
-        mse = self.loss_at(model, batch, x0, noise, t)
-        return mse, {"mse": mse.item()}, None
+        if not self.fft_weight:
+            mse = self.loss_at(model, batch, x0, noise, t)
+            return mse, {"mse": mse.item()}, None
+        mse, pred = self.loss_at(model, batch, x0, noise, t, return_prediction=True)
+        factor = self.pipe.vae.downsample_factor  # back to the image grid, in the latent's unit-variance scale
+        spectrum = fft_amplitude_loss(F.pixel_shuffle(pred.float(), factor), F.pixel_shuffle(x0.float(), factor))
+        return mse + self.fft_weight * spectrum, {"mse": mse.item(), "fft": spectrum.item()}, None
 
-    def loss_at(self, model, batch: dict, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """MSE of the model's prediction (x0, v or eps, as the scheduler is configured) at timesteps ``t``."""
+    def loss_at(
+        self,
+        model,
+        batch: dict,
+        x0: torch.Tensor,
+        noise: torch.Tensor,
+        t: torch.Tensor,
+        return_prediction: bool = False,
+    ):
+        """MSE of the model's prediction (x0, v or eps, as the scheduler is configured) at timesteps ``t``;
+        with ``return_prediction``, ``(mse, prediction)``."""
         noisy = self.noise_scheduler.add_noise(x0, noise, t)
         text = self.text[batch["caption"].to(self.text.device)].to(x0.device)
         inputs = [noisy, batch["lr"]] + ([batch["spatial"]] if batch.get("spatial") is not None else [])
@@ -414,7 +441,8 @@ class UNetStage:
             target = self.noise_scheduler.get_velocity(x0, noise, t)
         else:
             target = noise
-        return F.mse_loss(pred.float(), target.float())
+        mse = F.mse_loss(pred.float(), target.float())
+        return (mse, pred) if return_prediction else mse
 
     # -- output -------------------------------------------------------------------------------
 
