@@ -233,7 +233,7 @@ class Engine:
         """The residual scale a run under ``settings`` uses: its own, else the checkpoint's (1 without a stage 1)."""
         if settings.residual_scale is not None:
             return settings.residual_scale
-        return getattr(self.pipeline.config, "residual_scale", 1.0)
+        return self.pipeline.config.residual_scale
 
     def upscale(
         self,

@@ -292,6 +292,8 @@ def test_calibration_scores_the_photos_training_held_out(tiny_data, tmp_path, ti
     from accelerate import Accelerator
 
     from mmsr.engine import Engine
+    from mmsr.pipeline import MMSRPipeline
+    from mmsr.presets import build_components
     from mmsr.training import calibrate, stage1
 
     stage = _stage(tiny_data, tmp_path, "--stage", "unet")
@@ -317,6 +319,11 @@ def test_calibration_scores_the_photos_training_held_out(tiny_data, tmp_path, ti
         checkpoint=None, data=tiny_data, val_photos=1, seed=0, samples=[1, 2], guidance=[1.0, 3.0], crop_side=64
     )
     args.residual_scale = [0.0, 1.0]
+    with pytest.raises(ValueError, match="needs a checkpoint with a stage 1"):
+        calibrate.run(args)  # tiny-random has no stage 1 to scale towards
+    over_stage1 = MMSRPipeline(**build_components("tiny-random"), stage1="realesrgan-x4plus", residual=True)
+    over_stage1.set_progress_bar_config(disable=True)
+    monkeypatch.setattr(Engine, "load", classmethod(lambda cls, preset, **kw: Engine(over_stage1, "tiny-random")))
     table = calibrate.run(args)
     assert len(table) == 2 * 2 * 2 * 2  # LR kinds x sample counts x guidance weights x residual scales
     for row in table.values():  # NIQE needs more than these 64 px crops
@@ -392,7 +399,7 @@ def test_fft_weight_adds_a_texture_term_to_the_x0_loss(tiny_data, tmp_path, spat
     textured.prepare(Accelerator(cpu=True), tmp_path)
     batch = plain.next_batch(4, np.random.default_rng(0)) | {"noise_seed": 0}
     textured.model.load_state_dict(plain.model.state_dict())
-    mse, logs, _ = plain.loss(plain.model, batch, 0)
+    _, logs, _ = plain.loss(plain.model, batch, 0)
     total, both, _ = textured.loss(textured.model, batch, 0)
     assert set(logs) == {"mse"} and set(both) == {"mse", "fft"}
     assert both["mse"] == pytest.approx(logs["mse"]) and both["fft"] > 0

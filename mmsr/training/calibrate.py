@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> dict:
     engine.num_samples = 1
     scorer = Scorer(names=[m for m, _, _ in GATES])
     ks, ws, scales = args.samples, args.guidance, args.residual_scale
+    if scales != [1.0] and engine.pipeline.config.stage1 is None:
+        raise ValueError("--residual-scale needs a checkpoint with a stage 1 (lite); this one has none")
     scores = {(kind, k, w, s): {} for kind in KINDS for k in ks for w in ws for s in scales}
     reference: dict = {kind: {} for kind in KINDS}
 
