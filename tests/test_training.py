@@ -420,3 +420,37 @@ def test_warm_start_widens_conv_in_for_the_spatial_codes(tiny_data, tmp_path, sp
     new = warm.model.unet.conv_in.weight.detach()
     assert new.shape[1] == old.shape[1] + 2 * spatial_preset
     assert torch.equal(new[:, : old.shape[1]], old) and torch.count_nonzero(new[:, old.shape[1] :]) == 0
+
+
+def test_hr_edge_fraction_trains_on_edge_codes_of_the_hr_photo(tiny_data, tmp_path, spatial_preset):
+    from accelerate import Accelerator
+
+    from mmsr.modalities.edges import canny_edges
+    from mmsr.training.diffusion import code_indices, map_features
+
+    with pytest.raises(ValueError, match="hr_edge_fraction"):
+        _stage(tiny_data, tmp_path, "--stage", "unet", "--hr-edge-fraction", "1.5")
+    lr_only = _stage(tiny_data, tmp_path, "--stage", "unet")
+    lr_only.prepare(Accelerator(cpu=True), tmp_path)
+    assert lr_only.hr_edges == [] and not (tmp_path / "cache.hr_edges.pt").exists()
+    stage = _stage(tiny_data, tmp_path, "--stage", "unet", "--hr-edge-fraction", "1")
+    stage.prepare(Accelerator(cpu=True), tmp_path)  # builds cache.hr_edges.pt next to the cache
+    assert (tmp_path / "cache.hr_edges.pt").is_file() and len(stage.hr_edges) == len(stage.photos)
+    sample = stage.bank.samples[0]
+    hr = stage.photo_maps(sample, 0, stage.seed).hr
+    map_scale = 256 // (stage.window * stage.pipe.vae_scale_factor)
+    expected = code_indices(
+        stage.pipe, map_features(stage.pipe, np.repeat(canny_edges(hr)[..., None], 3, 2), map_scale)
+    )
+    assert torch.equal(stage.hr_edges[0], expected)
+    assert not all(torch.equal(stage.hr_edges[0], e) for e in stage.photos[0].edges)  # HR edges differ from the LR's
+
+    # every crop of a fraction-1 batch reads the HR codes; the same crops with the LR's differ, and validation
+    # (no seventh field) always reads the LR's
+    crop = (stage.photos[0], 0, 0, 0, 0, (True, True))
+    hr_batch = stage.collate([(*crop, 0)], noise_seed=0)
+    lr_batch = stage.collate([crop], noise_seed=0)
+    assert not torch.equal(hr_batch["tokens"][2], lr_batch["tokens"][2])
+    again = _stage(tiny_data, tmp_path, "--stage", "unet", "--hr-edge-fraction", "0.5")
+    again.prepare(Accelerator(cpu=True), tmp_path)  # loads the file it built
+    assert all(torch.equal(a, b) for a, b in zip(again.hr_edges, stage.hr_edges, strict=True))

@@ -68,6 +68,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--caption-dropout", type=float, default=0.1, help="unet stage: fraction of empty captions")
     p.add_argument(
+        "--hr-edge-fraction",
+        type=float,
+        default=0.0,
+        help="unet stage: fraction of training crops whose edge map comes from the HR photo (the same Canny "
+        "extractor) instead of the LR, so edge maps carry more than the LR does; validation and inference use the LR's",
+    )
+    p.add_argument(
         "--fft-weight",
         type=float,
         default=0.0,
@@ -150,6 +157,7 @@ def build_stage(args: argparse.Namespace):
             val_photos=args.val_photos,
             caption_dropout=args.caption_dropout,
             fft_weight=args.fft_weight,
+            hr_edge_fraction=args.hr_edge_fraction,
         )
     if args.gradient_checkpointing:
         for module in stage.model.modules():

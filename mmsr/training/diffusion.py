@@ -158,6 +158,7 @@ class UNetStage:
         sampler_weight: float = 0.0,
         val_photos: int = 0,
         fft_weight: float = 0.0,
+        hr_edge_fraction: float = 0.0,
     ):
         if crop % 8 or 256 % crop:
             raise ValueError(f"--crop must be a multiple of 8 that divides 256 (64, 128, 256), got {crop}")
@@ -183,6 +184,10 @@ class UNetStage:
         ):
             raise ValueError("--fft-weight needs x0-prediction on a pixel-unshuffle latent (the lite preset)")
         self.fft_weight = fft_weight
+        if not 0 <= hr_edge_fraction <= 1:
+            raise ValueError(f"hr_edge_fraction must lie in [0, 1], got {hr_edge_fraction}")
+        self.hr_edge_fraction = hr_edge_fraction
+        self.hr_edges: list[torch.Tensor] = []
         self.sampler_timesteps = (
             self.pipe.get_timesteps(sampler_steps, sampler_strength, "cpu") if sampler_steps else None
         )
@@ -220,6 +225,33 @@ class UNetStage:
             self.pipe.vae.register_to_config(scaling_factor=self.scale)
         if accelerator.is_main_process:
             (out / "tokenizer.json").write_text(json.dumps(data.get("tokenizer", {}), indent=2))
+        if self.hr_edge_fraction:
+            self.hr_edges = self.load_hr_edges(accelerator, path.with_name(path.stem + ".hr_edges.pt"))
+
+    def load_hr_edges(self, accelerator, path: Path) -> list[torch.Tensor]:
+        """Every photo's edge codes from its HR image (``--hr-edge-fraction``), built once next to the cache.
+
+        The same extractor as at inference (Canny), run on the HR photo instead of its bicubic-upsampled
+        LR: a map that knows more than the LR does, so the model learns that an edge map is worth reading.
+        """
+        if accelerator.is_main_process and not path.is_file():
+            self.pipe.to(accelerator.device)
+            map_scale = 256 // (self.window * self.pipe.vae_scale_factor)
+            codes = []
+            for sample in self.bank.samples:
+                hr = self.photo_maps(sample, 0, self.seed).hr
+                edges = np.repeat(canny_edges(hr)[..., None], 3, axis=2)
+                codes.append(code_indices(self.pipe, map_features(self.pipe, edges, map_scale)))
+            tmp = path.with_suffix(".tmp")
+            torch.save(codes, tmp)
+            tmp.replace(path)
+        accelerator.wait_for_everyone()
+        codes = torch.load(path, weights_only=True)
+        if len(codes) != len(self.photos) or any(
+            c.shape != p.edges.shape[-2:] for c, p in zip(codes, self.photos, strict=True)
+        ):
+            raise ValueError(f"{path} does not match the cache: delete it to rebuild")
+        return codes
 
     def photo_maps(self, sample, caption: int, map_seed: int) -> PhotoMaps:
         """HR, condition images and edge/seg maps of one photo, all at HR size."""
@@ -303,19 +335,23 @@ class UNetStage:
             v = int(rng.integers(0, len(p.lr)))
             drop = rng.random(3) < self.modality_dropout
             caption = self.empty_caption if rng.random() < self.caption_dropout else p.caption
-            crops.append((p, y, x, v, caption, (not drop[SEG], not drop[EDGES])))
+            # an HR edge map instead of the LR's (drawn only when asked, so older runs keep their stream)
+            hr_edges = self.hr_edge_fraction > 0 and rng.random() < self.hr_edge_fraction
+            crops.append((p, y, x, v, caption, (not drop[SEG], not drop[EDGES]), int(i) if hr_edges else None))
         return self.collate(crops, noise_seed=int(rng.integers(0, 2**31)))
 
     def collate(self, crops: list, noise_seed: int) -> dict:
-        """A batch from ``(photo, y, x, lr_variant, caption, (keep_seg, keep_edges))`` latent-window crops."""
+        """A batch from ``(photo, y, x, lr_variant, caption, (keep_seg, keep_edges)[, hr_edges_of])`` latent-window
+        crops; ``hr_edges_of`` (a photo index, or ``None``) takes the edge codes of that photo's HR image."""
         w = self.window
         r = TOKENS // w  # token rows per latent row
         hr, lr, tokens, windows, captions, keep = [], [], [[], []], [[], []], [], []
         codebook = self.pipe.vqmodel.quantize.embedding.weight
-        for p, y, x, v, caption, (keep_seg, keep_edges) in crops:
+        for p, y, x, v, caption, (keep_seg, keep_edges), *hr_edges_of in crops:
             hr.append(p.hr[:, y : y + w, x : x + w].float())
             lr.append(p.lr[v, :, y : y + w, x : x + w].float())
-            for j, idx in enumerate((p.seg, p.edges[v])):
+            edges = p.edges[v] if not hr_edges_of or hr_edges_of[0] is None else self.hr_edges[hr_edges_of[0]]
+            for j, idx in enumerate((p.seg, edges)):
                 if idx is None:
                     window = torch.zeros(TOKENS, TOKENS, dtype=torch.long)
                 else:
@@ -475,6 +511,7 @@ class UNetStage:
             "text_only": self.text_only,
             "trained_modalities": pipe.config.trained_modalities,
             "spatial_modalities": pipe.config.spatial_modalities,
+            "hr_edge_fraction": self.hr_edge_fraction,
         }
         (out / "pipeline" / "training.json").write_text(json.dumps(record, indent=2))
 
