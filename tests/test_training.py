@@ -136,8 +136,10 @@ def test_validation_holds_photos_out_and_keeps_the_best_snapshot(tiny_data, tmp_
     batch = stage.next_batch(64, np.random.default_rng(0))
     assert not any(torch.equal(crop, win) for crop in batch["hr"] for win in windows)  # never trained on
     scores = stage.validate(stage.model)
-    assert set(scores) == {"val", "val_nocap"} and all(np.isfinite(v) for v in scores.values())
+    assert set(scores) == {"val", "val_nocap", "val_no_maps", "val_wrong_maps"}
+    assert all(np.isfinite(v) for v in scores.values())
     assert stage.validate(stage.model) == scores  # fixed crops, noise and timesteps
+    assert scores["val_wrong_maps"] == scores["val"]  # one held-out photo: "another photo" is itself
 
     train(stage, LoopConfig(out=tmp_path, batch_size=2, max_steps=1))
     best = json.loads((tmp_path / "best.json").read_text())
@@ -445,12 +447,29 @@ def test_hr_edge_fraction_trains_on_edge_codes_of_the_hr_photo(tiny_data, tmp_pa
     assert torch.equal(stage.hr_edges[0], expected)
     assert not all(torch.equal(stage.hr_edges[0], e) for e in stage.photos[0].edges)  # HR edges differ from the LR's
 
-    # every crop of a fraction-1 batch reads the HR codes; the same crops with the LR's differ, and validation
-    # (no seventh field) always reads the LR's
+    # a crop told to read the HR codes differs from the same crop with the LR's (validation's)
     crop = (stage.photos[0], 0, 0, 0, 0, (True, True))
-    hr_batch = stage.collate([(*crop, 0)], noise_seed=0)
+    hr_batch = stage.collate([(*crop, (stage.photos[0].seg, stage.hr_edges[0], 0, 0))], noise_seed=0)
     lr_batch = stage.collate([crop], noise_seed=0)
     assert not torch.equal(hr_batch["tokens"][2], lr_batch["tokens"][2])
     again = _stage(tiny_data, tmp_path, "--stage", "unet", "--hr-edge-fraction", "0.5")
     again.prepare(Accelerator(cpu=True), tmp_path)  # loads the file it built
     assert all(torch.equal(a, b) for a, b in zip(again.hr_edges, stage.hr_edges, strict=True))
+
+
+def test_validation_scores_a_model_with_no_maps_and_with_another_photos_maps(tiny_data, tmp_path):
+    from accelerate import Accelerator
+
+    stage = _stage(tiny_data, tmp_path, "--stage", "unet", "--val-photos", "2")
+    stage.prepare(Accelerator(cpu=True), tmp_path)
+    scores = stage.validate(stage.model)
+    assert scores["val_no_maps"] != scores["val"] and scores["val_wrong_maps"] != scores["val"]
+    a, b = (stage.photos[int(i)] for i in stage.val_ids)
+    centre = ((b.hr.shape[-2] - stage.window) // 2, (b.hr.shape[-1] - stage.window) // 2)
+    own = stage.collate([(a, 0, 0, 0, 0, (True, True))], noise_seed=0)
+    wrong = stage.collate([(a, 0, 0, 0, 0, (True, True), (b.seg, b.edges[0], *centre))], noise_seed=0)
+    assert torch.equal(own["hr"], wrong["hr"]) and not torch.equal(own["tokens"][2], wrong["tokens"][2])
+    (tmp_path / "twin").mkdir()
+    twin = _stage(tiny_data, tmp_path / "twin", "--stage", "unet", "--val-photos", "2", "--text-only")
+    twin.prepare(Accelerator(cpu=True), tmp_path / "twin")
+    assert set(twin.validate(twin.model)) == {"val", "val_nocap"}  # the twin has no maps to swap

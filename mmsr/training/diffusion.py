@@ -337,28 +337,32 @@ class UNetStage:
             caption = self.empty_caption if rng.random() < self.caption_dropout else p.caption
             # an HR edge map instead of the LR's (drawn only when asked, so older runs keep their stream)
             hr_edges = self.hr_edge_fraction > 0 and rng.random() < self.hr_edge_fraction
-            crops.append((p, y, x, v, caption, (not drop[SEG], not drop[EDGES]), int(i) if hr_edges else None))
+            maps = (p.seg, self.hr_edges[i], y, x) if hr_edges else None
+            crops.append((p, y, x, v, caption, (not drop[SEG], not drop[EDGES]), maps))
         return self.collate(crops, noise_seed=int(rng.integers(0, 2**31)))
 
     def collate(self, crops: list, noise_seed: int) -> dict:
-        """A batch from ``(photo, y, x, lr_variant, caption, (keep_seg, keep_edges)[, hr_edges_of])`` latent-window
-        crops; ``hr_edges_of`` (a photo index, or ``None``) takes the edge codes of that photo's HR image."""
+        """A batch from ``(photo, y, x, lr_variant, caption, (keep_seg, keep_edges)[, maps])`` latent-window crops.
+
+        ``maps``, when given and not ``None``, is ``(seg_codes, edge_codes, y, x)``: code grids to read instead
+        of the photo's own, and the window's latent origin in them (the HR photo's edges, another photo's maps).
+        """
         w = self.window
         r = TOKENS // w  # token rows per latent row
         hr, lr, tokens, windows, captions, keep = [], [], [[], []], [[], []], [], []
         codebook = self.pipe.vqmodel.quantize.embedding.weight
-        for p, y, x, v, caption, (keep_seg, keep_edges), *hr_edges_of in crops:
+        for p, y, x, v, caption, (keep_seg, keep_edges), *maps in crops:
             hr.append(p.hr[:, y : y + w, x : x + w].float())
             lr.append(p.lr[v, :, y : y + w, x : x + w].float())
-            edges = p.edges[v] if not hr_edges_of or hr_edges_of[0] is None else self.hr_edges[hr_edges_of[0]]
-            for j, idx in enumerate((p.seg, edges)):
+            seg, edges, my, mx = maps[0] if maps and maps[0] is not None else (p.seg, p.edges[v], y, x)
+            for j, idx in enumerate((seg, edges)):
                 if idx is None:
                     window = torch.zeros(TOKENS, TOKENS, dtype=torch.long)
                 else:
-                    window = idx[y * r : y * r + TOKENS, x * r : x * r + TOKENS].long()
+                    window = idx[my * r : my * r + TOKENS, mx * r : mx * r + TOKENS].long()
                 tokens[j].append(window.flatten())
                 windows[j].append(window)
-            keep.append([False, p.seg is not None and keep_seg, keep_edges])
+            keep.append([False, seg is not None and keep_seg, keep_edges])
             captions.append(caption)
         dim = self.model.condition_embedding.config.dim
         seg_tok, edge_tok = (F.pad(codebook[torch.stack(t)], (0, dim - codebook.shape[1])) for t in tokens)
@@ -399,18 +403,28 @@ class UNetStage:
         """x0-MSE of held-out photos (centre crop, every LR version, all maps) at the sampler's timesteps.
 
         ``val`` uses each photo's caption and ``val_nocap`` the empty one, so a model that memorises
-        training captions shows it here. Lower is better; 1.0 is "return stage 1".
+        training captions shows it here. A model with maps is also scored, with each photo's caption,
+        with every map at ``m_0`` (``val_no_maps``) and with the next held-out photo's maps
+        (``val_wrong_maps``, its centre window): a model that reads what its maps say does worse with
+        another photo's (issue 12, requirement 2b). Lower is better; 1.0 is "return stage 1".
         """
         if not len(self.val_ids):
             return {}
         w, device = self.window, next(model.parameters()).device
-        crops = {"val": [], "val_nocap": []}
-        for i in self.val_ids:
-            p = self.photos[i]
-            y, x = (p.hr.shape[-2] - w) // 2, (p.hr.shape[-1] - w) // 2
+        with_maps = not self.text_only and bool(self.pipe.config.trained_modalities)
+        crops = {"val": [], "val_nocap": []} | ({"val_no_maps": [], "val_wrong_maps": []} if with_maps else {})
+        centre = [((p.hr.shape[-2] - w) // 2, (p.hr.shape[-1] - w) // 2) for p in self.photos]
+        for n, i in enumerate(self.val_ids):
+            p, (y, x) = self.photos[i], centre[i]
+            other = self.val_ids[(n + 1) % len(self.val_ids)]
             for v in range(len(p.lr)):
                 crops["val"].append((p, y, x, v, p.caption, (True, True)))
                 crops["val_nocap"].append((p, y, x, v, self.empty_caption, (True, True)))
+                if with_maps:
+                    q = self.photos[other]
+                    crops["val_no_maps"].append((p, y, x, v, p.caption, (False, False)))
+                    wrong = (q.seg, q.edges[v], *centre[other])
+                    crops["val_wrong_maps"].append((p, y, x, v, p.caption, (True, True), wrong))
         own = self.sampler_timesteps if self.sampler_timesteps is not None else torch.tensor([999])
         was_training, out = model.training, {}
         model.eval()
