@@ -452,6 +452,9 @@ def test_hr_edge_fraction_trains_on_edge_codes_of_the_hr_photo(tiny_data, tmp_pa
     hr_batch = stage.collate([(*crop, (stage.photos[0].seg, stage.hr_edges[0], 0, 0))], noise_seed=0)
     lr_batch = stage.collate([crop], noise_seed=0)
     assert not torch.equal(hr_batch["tokens"][2], lr_batch["tokens"][2])
+    scores = stage.validate(stage.model)
+    assert scores["val_hr_edges"] != scores["val"]  # validation also scores the HR photo's edges
+    assert "val_hr_edges" not in lr_only.validate(lr_only.model)
     again = _stage(tiny_data, tmp_path, "--stage", "unet", "--hr-edge-fraction", "0.5")
     again.prepare(Accelerator(cpu=True), tmp_path)  # loads the file it built
     assert all(torch.equal(a, b) for a, b in zip(again.hr_edges, stage.hr_edges, strict=True))

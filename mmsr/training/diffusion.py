@@ -406,13 +406,17 @@ class UNetStage:
         training captions shows it here. A model with maps is also scored, with each photo's caption,
         with every map at ``m_0`` (``val_no_maps``) and with the next held-out photo's maps
         (``val_wrong_maps``, its centre window): a model that reads what its maps say does worse with
-        another photo's (issue 12, requirement 2b). Lower is better; 1.0 is "return stage 1".
+        another photo's (issue 12, requirement 2b). With ``--hr-edge-fraction``, ``val_hr_edges`` reads the
+        HR photo's edges: how much an edge map that knows more than the LR could help. Lower is better;
+        1.0 is "return stage 1".
         """
         if not len(self.val_ids):
             return {}
         w, device = self.window, next(model.parameters()).device
         with_maps = not self.text_only and bool(self.pipe.config.trained_modalities)
         crops = {"val": [], "val_nocap": []} | ({"val_no_maps": [], "val_wrong_maps": []} if with_maps else {})
+        if with_maps and self.hr_edges:
+            crops["val_hr_edges"] = []
         centre = [((p.hr.shape[-2] - w) // 2, (p.hr.shape[-1] - w) // 2) for p in self.photos]
         for n, i in enumerate(self.val_ids):
             p, (y, x) = self.photos[i], centre[i]
@@ -425,6 +429,9 @@ class UNetStage:
                     crops["val_no_maps"].append((p, y, x, v, p.caption, (False, False)))
                     wrong = (q.seg, q.edges[v], *centre[other])
                     crops["val_wrong_maps"].append((p, y, x, v, p.caption, (True, True), wrong))
+                if "val_hr_edges" in crops:
+                    hr_maps = (p.seg, self.hr_edges[i], y, x)
+                    crops["val_hr_edges"].append((p, y, x, v, p.caption, (True, True), hr_maps))
         own = self.sampler_timesteps if self.sampler_timesteps is not None else torch.tensor([999])
         was_training, out = model.training, {}
         model.eval()
