@@ -476,3 +476,44 @@ def test_validation_scores_a_model_with_no_maps_and_with_another_photos_maps(tin
     twin = _stage(tiny_data, tmp_path / "twin", "--stage", "unet", "--val-photos", "2", "--text-only")
     twin.prepare(Accelerator(cpu=True), tmp_path / "twin")
     assert set(twin.validate(twin.model)) == {"val", "val_nocap"}  # the twin has no maps to swap
+
+
+def test_adv_weight_adds_a_patchgan_term_and_trains_the_discriminator(tiny_data, tmp_path, spatial_preset, monkeypatch):
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+
+    from mmsr import presets
+
+    with pytest.raises(ValueError, match="needs x0-prediction"):  # tiny-random predicts eps
+        _stage(tiny_data, tmp_path, "--stage", "unet", "--adv-weight", "0.02")
+    tiny = presets.PRESETS["tiny-random"]
+    residual = dict(tiny.pipeline, residual=True)  # x0 of the residual over the (here bicubic) condition
+    few_step = dataclasses.replace(tiny, scheduler=presets.FEW_STEP_SCHEDULER_CONFIG, pipeline=residual)
+    monkeypatch.setitem(presets.PRESETS, "tiny-random", few_step)
+    with pytest.raises(ValueError, match="adv_weight"):
+        _stage(tiny_data, tmp_path, "--stage", "unet", "--adv-weight", "-1")
+    plain = _stage(tiny_data, tmp_path, "--stage", "unet")
+    assert plain.discriminator is None
+    stage = _stage(tiny_data, tmp_path, "--stage", "unet", "--adv-weight", "0.5")
+    plain.prepare(Accelerator(cpu=True), tmp_path)
+    stage.prepare(Accelerator(cpu=True), tmp_path)
+    stage.model.load_state_dict(plain.model.state_dict())
+    batch = plain.next_batch(4, np.random.default_rng(0)) | {"noise_seed": 0}
+    _, logs, extra = plain.loss(plain.model, batch, 0)
+    total, both, (real, fake) = stage.loss(stage.model, batch, 0)
+    assert extra is None and set(both) == {"mse", "g_adv"} and both["mse"] == pytest.approx(logs["mse"])
+    assert total.item() == pytest.approx(both["mse"] + 0.5 * both["g_adv"], rel=1e-5)
+    # the discriminator sees each image beside its stage-1 condition, the real one is the HR crop
+    factor = stage.pipe.vae.downsample_factor
+    assert real.shape[1] == 6 and torch.equal(real[:, :3], fake[:, :3])
+    assert torch.allclose(real[:, 3:], F.pixel_shuffle(batch["hr"].float(), factor))
+    assert not fake.requires_grad
+    d_loss, d_logs = stage.disc_loss(stage.discriminator, (real, fake), 0)
+    assert d_loss.requires_grad and set(d_logs) == {"d_loss"}
+    assert plain.disc_loss(None, None, 0) == (None, {})
+
+    before = [p.detach().clone() for p in stage.discriminator.parameters()]
+    train(stage, LoopConfig(out=tmp_path / "adv", batch_size=2, max_steps=2, log_every=1, warmup_steps=1))
+    assert any(not torch.equal(a, b) for a, b in zip(before, stage.discriminator.parameters(), strict=True))
+    logged = read_log(tmp_path / "adv" / "log.jsonl")[-1]
+    assert {"g_adv", "d_loss"} <= set(logged)

@@ -24,11 +24,12 @@ def fft_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN (pix2pix): ``(B, 3, H, W)`` in [-1, 1] -> ``(B, 1, H/8, W/8)`` real/fake logits."""
+    """PatchGAN (pix2pix): ``(B, in_channels, H, W)`` in [-1, 1] -> ``(B, 1, H/8, W/8)`` real/fake logits
+    (``in_channels`` 6: an image and the condition it should match, as pix2pix's conditional D)."""
 
-    def __init__(self, channels: int = 32, layers: int = 3):
+    def __init__(self, channels: int = 32, layers: int = 3, in_channels: int = 3):
         super().__init__()
-        blocks: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
+        blocks: list[nn.Module] = [nn.Conv2d(in_channels, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
         c = channels
         for _ in range(layers - 1):
             blocks += [nn.Conv2d(c, c * 2, 4, 2, 1), nn.GroupNorm(8, c * 2), nn.LeakyReLU(0.2)]

@@ -68,6 +68,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--caption-dropout", type=float, default=0.1, help="unet stage: fraction of empty captions")
     p.add_argument(
+        "--adv-weight",
+        type=float,
+        default=0.0,
+        help="unet stage (lite: x0-prediction of a residual on pixel-unshuffle latents): weight of a PatchGAN "
+        "hinge loss on the predicted image next to its stage-1 condition, a texture term the MSE averages away",
+    )
+    p.add_argument(
         "--hr-edge-fraction",
         type=float,
         default=0.0,
@@ -158,6 +165,7 @@ def build_stage(args: argparse.Namespace):
             caption_dropout=args.caption_dropout,
             fft_weight=args.fft_weight,
             hr_edge_fraction=args.hr_edge_fraction,
+            adv_weight=args.adv_weight,
         )
     if args.gradient_checkpointing:
         for module in stage.model.modules():

@@ -47,6 +47,7 @@ from ..pipeline import MMSRPipeline
 from ..spatial import code_channels, lookup_codes
 from ..tokenizer import PatchCodebook
 from . import stage1 as stage1_cache
+from .autoencoder import PatchDiscriminator, hinge_d_loss
 from .data import ImageBank, to_tensor
 from .loop import to_device
 
@@ -159,6 +160,7 @@ class UNetStage:
         val_photos: int = 0,
         fft_weight: float = 0.0,
         hr_edge_fraction: float = 0.0,
+        adv_weight: float = 0.0,
     ):
         if crop % 8 or 256 % crop:
             raise ValueError(f"--crop must be a multiple of 8 that divides 256 (64, 128, 256), got {crop}")
@@ -184,6 +186,17 @@ class UNetStage:
         ):
             raise ValueError("--fft-weight needs x0-prediction on a pixel-unshuffle latent (the lite preset)")
         self.fft_weight = fft_weight
+        if adv_weight < 0:
+            raise ValueError(f"adv_weight must be >= 0, got {adv_weight}")
+        if adv_weight and (
+            self.pipe.scheduler.config.prediction_type != "sample"
+            or not self.pipe.config.residual
+            or not hasattr(self.pipe.vae, "downsample_factor")
+        ):
+            raise ValueError("--adv-weight needs x0-prediction of a residual on a pixel-unshuffle latent (lite)")
+        self.adv_weight = adv_weight
+        if adv_weight:  # judges an image next to its stage-1 condition (pix2pix), so texture must fit the input
+            self.discriminator = PatchDiscriminator(in_channels=6)
         if not 0 <= hr_edge_fraction <= 1:
             raise ValueError(f"hr_edge_fraction must lie in [0, 1], got {hr_edge_fraction}")
         self.hr_edge_fraction = hr_edge_fraction
@@ -468,13 +481,32 @@ class UNetStage:
         gen = torch.Generator(device).manual_seed(batch["noise_seed"])
         noise = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype)
         t = self.timesteps(x0.shape[0], gen, device)
-        if not self.fft_weight:
+        if not self.fft_weight and not self.adv_weight:
             mse = self.loss_at(model, batch, x0, noise, t)
             return mse, {"mse": mse.item()}, None
         mse, pred = self.loss_at(model, batch, x0, noise, t, return_prediction=True)
-        factor = self.pipe.vae.downsample_factor  # back to the image grid, in the latent's unit-variance scale
-        spectrum = fft_amplitude_loss(F.pixel_shuffle(pred.float(), factor), F.pixel_shuffle(x0.float(), factor))
-        return mse + self.fft_weight * spectrum, {"mse": mse.item(), "fft": spectrum.item()}, None
+        total, logs, extra = mse, {"mse": mse.item()}, None
+        factor = self.pipe.vae.downsample_factor  # back to the image grid
+        if self.fft_weight:  # in the latent's unit-variance scale
+            spectrum = fft_amplitude_loss(F.pixel_shuffle(pred.float(), factor), F.pixel_shuffle(x0.float(), factor))
+            total, logs["fft"] = total + self.fft_weight * spectrum, spectrum.item()
+        if self.adv_weight:  # images in [-1, 1]: the residual latent is an unscaled pixel-unshuffle
+            stage1 = F.pixel_shuffle(batch["lr"].float(), factor)
+            real = torch.cat([stage1, F.pixel_shuffle(batch["hr"].float(), factor)], dim=1)
+            fake = torch.cat([stage1, F.pixel_shuffle(batch["lr"].float() + pred.float() / self.scale, factor)], dim=1)
+            self.discriminator.requires_grad_(False)
+            g = -self.discriminator(fake).mean()
+            self.discriminator.requires_grad_(True)
+            total, logs["g_adv"], extra = total + self.adv_weight * g, g.item(), (real, fake.detach())
+        return total, logs, extra
+
+    def disc_loss(self, disc, extra, step: int):
+        """Hinge loss of the PatchGAN (``--adv-weight``) on the step's real and generated images."""
+        if extra is None:
+            return None, {}
+        real, fake = extra
+        d = hinge_d_loss(disc(real), disc(fake))
+        return d, {"d_loss": d.item()}
 
     def loss_at(
         self,
