@@ -506,7 +506,17 @@ def test_adv_weight_adds_a_patchgan_term_and_trains_the_discriminator(tiny_data,
     # the discriminator sees each image beside its stage-1 condition, the real one is the HR crop
     factor = stage.pipe.vae.downsample_factor
     assert real.shape[1] == 6 and torch.equal(real[:, :3], fake[:, :3])
-    assert torch.allclose(real[:, 3:], F.pixel_shuffle(batch["hr"].float(), factor))
+    hr = F.pixel_shuffle(batch["hr"].float(), factor)  # seen through a random 0-7 pixel shift, one less block
+    assert real.shape[-2:] == (hr.shape[-2] - factor, hr.shape[-1] - factor)
+    shifts = [(dy, dx) for dy in range(factor) for dx in range(factor)]
+    assert any(
+        torch.allclose(real[:, 3:], hr[..., dy : dy + real.shape[-2], dx : dx + real.shape[-1]]) for dy, dx in shifts
+    )
+    offsets = {
+        tuple(stage.loss(stage.model, batch | {"noise_seed": k}, 0)[2][0][0, 3, :2, :2].flatten().tolist())
+        for k in range(6)
+    }
+    assert len(offsets) > 1  # the shift changes from batch to batch
     assert not fake.requires_grad
     d_loss, d_logs = stage.disc_loss(stage.discriminator, (real, fake), 0)
     assert d_loss.requires_grad and set(d_logs) == {"d_loss"}

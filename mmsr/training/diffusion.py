@@ -494,6 +494,12 @@ class UNetStage:
             stage1 = F.pixel_shuffle(batch["lr"].float(), factor)
             real = torch.cat([stage1, F.pixel_shuffle(batch["hr"].float(), factor)], dim=1)
             fake = torch.cat([stage1, F.pixel_shuffle(batch["lr"].float() + pred.float() / self.scale, factor)], dim=1)
+            # the same random 0-7 pixel shift of both: the PatchGAN's stride-8 windows would otherwise sit in
+            # phase with the 8x8 unshuffle blocks and let seams between blocks pass as texture
+            shift = torch.randint(0, factor, (2,), generator=torch.Generator().manual_seed(batch["noise_seed"] + 1))
+            dy, dx = (int(v) for v in shift)
+            crop = (..., slice(dy, real.shape[-2] - factor + dy), slice(dx, real.shape[-1] - factor + dx))
+            real, fake = real[crop], fake[crop]
             self.discriminator.requires_grad_(False)
             g = -self.discriminator(fake).mean()
             self.discriminator.requires_grad_(True)
