@@ -179,22 +179,22 @@ class UNetStage:
         if not 0 <= sampler_weight <= 1:
             raise ValueError(f"sampler_weight must lie in [0, 1], got {sampler_weight}")
         self.sampler_weight = sampler_weight
-        if fft_weight < 0:
-            raise ValueError(f"fft_weight must be >= 0, got {fft_weight}")
-        if fft_weight and (
-            self.pipe.scheduler.config.prediction_type != "sample" or not hasattr(self.pipe.vae, "downsample_factor")
+        # image-space terms on the x0 prediction: they need lite's x0-prediction on pixel-unshuffle latents
+        # (the adversarial one also a residual, to draw stage 1 + residual)
+        x0_pixels = self.pipe.scheduler.config.prediction_type == "sample" and hasattr(
+            self.pipe.vae, "downsample_factor"
+        )
+        for name, weight, needs in (
+            ("fft", fft_weight, x0_pixels),
+            ("adv", adv_weight, x0_pixels and self.pipe.config.residual),
         ):
-            raise ValueError("--fft-weight needs x0-prediction on a pixel-unshuffle latent (the lite preset)")
-        self.fft_weight = fft_weight
-        if adv_weight < 0:
-            raise ValueError(f"adv_weight must be >= 0, got {adv_weight}")
-        if adv_weight and (
-            self.pipe.scheduler.config.prediction_type != "sample"
-            or not self.pipe.config.residual
-            or not hasattr(self.pipe.vae, "downsample_factor")
-        ):
-            raise ValueError("--adv-weight needs x0-prediction of a residual on a pixel-unshuffle latent (lite)")
-        self.adv_weight = adv_weight
+            if weight < 0:
+                raise ValueError(f"{name}_weight must be >= 0, got {weight}")
+            if weight and not needs:
+                raise ValueError(
+                    f"--{name}-weight needs x0-prediction of a residual on a pixel-unshuffle latent (lite)"
+                )
+        self.fft_weight, self.adv_weight = fft_weight, adv_weight
         if adv_weight:  # judges an image next to its stage-1 condition (pix2pix), so texture must fit the input
             self.discriminator = PatchDiscriminator(in_channels=6)
         if not 0 <= hr_edge_fraction <= 1:
@@ -434,11 +434,11 @@ class UNetStage:
         for n, i in enumerate(self.val_ids):
             p, (y, x) = self.photos[i], centre[i]
             other = self.val_ids[(n + 1) % len(self.val_ids)]
+            q = self.photos[other]
             for v in range(len(p.lr)):
                 crops["val"].append((p, y, x, v, p.caption, (True, True)))
                 crops["val_nocap"].append((p, y, x, v, self.empty_caption, (True, True)))
                 if with_maps:
-                    q = self.photos[other]
                     crops["val_no_maps"].append((p, y, x, v, p.caption, (False, False)))
                     wrong = (q.seg, q.edges[v], *centre[other])
                     crops["val_wrong_maps"].append((p, y, x, v, p.caption, (True, True), wrong))
@@ -571,6 +571,8 @@ class UNetStage:
             "trained_modalities": pipe.config.trained_modalities,
             "spatial_modalities": pipe.config.spatial_modalities,
             "hr_edge_fraction": self.hr_edge_fraction,
+            "fft_weight": self.fft_weight,
+            "adv_weight": self.adv_weight,
         }
         (out / "pipeline" / "training.json").write_text(json.dumps(record, indent=2))
 
